@@ -1,0 +1,1 @@
+//! Load benchmarks for punisher: scripts under benches/ drive whole-system runs; see RESULTS.md.

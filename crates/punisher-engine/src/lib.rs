@@ -1,0 +1,1 @@
+//! punisher-engine
