@@ -88,8 +88,14 @@ mod tests {
 
     #[test]
     fn path_is_honoured() {
-        let jar = jar_with("http://a.example/login", &["sid=1; Path=/api", "all=2; Path=/"]);
-        assert_eq!(jar.header_for(&url("http://a.example/")).as_deref(), Some("all=2"));
+        let jar = jar_with(
+            "http://a.example/login",
+            &["sid=1; Path=/api", "all=2; Path=/"],
+        );
+        assert_eq!(
+            jar.header_for(&url("http://a.example/")).as_deref(),
+            Some("all=2")
+        );
         let api = jar.header_for(&url("http://a.example/api/info")).unwrap();
         let mut parts: Vec<_> = api.split("; ").collect();
         parts.sort_unstable();
@@ -100,9 +106,16 @@ mod tests {
     fn domain_is_honoured() {
         let jar = jar_with(
             "http://www.a.example/",
-            &["host=1", "dom=2; Domain=a.example", "evil=3; Domain=b.example"],
+            &[
+                "host=1",
+                "dom=2; Domain=a.example",
+                "evil=3; Domain=b.example",
+            ],
         );
-        assert_eq!(jar.header_for(&url("http://api.a.example/")).as_deref(), Some("dom=2"));
+        assert_eq!(
+            jar.header_for(&url("http://api.a.example/")).as_deref(),
+            Some("dom=2")
+        );
         assert_eq!(jar.header_for(&url("http://b.example/")), None);
         let www = jar.header_for(&url("http://www.a.example/")).unwrap();
         assert!(www.contains("host=1") && www.contains("dom=2") && !www.contains("evil"));
@@ -112,9 +125,16 @@ mod tests {
     fn expiry_is_honoured() {
         let mut jar = jar_with(
             "http://a.example/",
-            &["old=1; Expires=Thu, 01 Jan 1970 00:00:00 GMT", "gone=2; Max-Age=0", "keep=3"],
+            &[
+                "old=1; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+                "gone=2; Max-Age=0",
+                "keep=3",
+            ],
         );
-        assert_eq!(jar.header_for(&url("http://a.example/")).as_deref(), Some("keep=3"));
+        assert_eq!(
+            jar.header_for(&url("http://a.example/")).as_deref(),
+            Some("keep=3")
+        );
         // A later Max-Age=0 deletes an existing cookie, which is how servers log out.
         jar.store_set_cookie(&url("http://a.example/"), ["keep=; Max-Age=0"].into_iter());
         assert_eq!(jar.header_for(&url("http://a.example/")), None);
@@ -123,7 +143,10 @@ mod tests {
     #[test]
     fn secure_cookies_stay_on_https() {
         let jar = jar_with("https://a.example/", &["s=1; Secure", "p=2"]);
-        assert_eq!(jar.header_for(&url("http://a.example/")).as_deref(), Some("p=2"));
+        assert_eq!(
+            jar.header_for(&url("http://a.example/")).as_deref(),
+            Some("p=2")
+        );
         let https = jar.header_for(&url("https://a.example/")).unwrap();
         assert!(https.contains("s=1") && https.contains("p=2"));
     }
@@ -131,6 +154,9 @@ mod tests {
     #[test]
     fn garbage_is_ignored() {
         let jar = jar_with("http://a.example/", &["", "=", ";;;", "ok=1"]);
-        assert_eq!(jar.header_for(&url("http://a.example/")).as_deref(), Some("ok=1"));
+        assert_eq!(
+            jar.header_for(&url("http://a.example/")).as_deref(),
+            Some("ok=1")
+        );
     }
 }

@@ -71,7 +71,10 @@ impl SourcePool {
             }
             addrs.extend((start..=end).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
         }
-        Ok(SourcePool { addrs, next: AtomicUsize::new(0) })
+        Ok(SourcePool {
+            addrs,
+            next: AtomicUsize::new(0),
+        })
     }
 
     /// The next address, round-robin.
@@ -92,7 +95,9 @@ impl SourcePool {
 }
 
 fn parse_v4(s: &str) -> Result<Ipv4Addr, NetError> {
-    s.trim().parse().map_err(|_| NetError::InvalidAddr(s.trim().to_owned()))
+    s.trim()
+        .parse()
+        .map_err(|_| NetError::InvalidAddr(s.trim().to_owned()))
 }
 
 /// Opens a TCP connection to `addr`, from `source` when given, with `TCP_NODELAY` set.
@@ -103,7 +108,11 @@ pub async fn connect_tcp(addr: SocketAddr, source: Option<IpAddr>) -> std::io::R
     let stream = match source {
         None => TcpStream::connect(addr).await?,
         Some(src) => {
-            let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
             if src.is_ipv4() && addr.is_ipv4() {
                 nix::sys::socket::setsockopt(
                     &socket,
@@ -140,7 +149,10 @@ impl Resolver {
     /// Resolves `host` (an IP literal, `localhost`, or a name) and pairs it with `port`.
     pub async fn resolve(&self, host: &str, port: u16) -> std::io::Result<SocketAddr> {
         // `Url::host_str` keeps the brackets of IPv6 literals.
-        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
@@ -156,7 +168,10 @@ impl Resolver {
         }
         let mut addrs = tokio::net::lookup_host((bare, port)).await?;
         let first = addrs.next().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "host name resolved to no address")
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "host name resolved to no address",
+            )
         })?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= DNS_CACHE_MAX {
@@ -174,28 +189,46 @@ mod tests {
 
     fn check(spec: &str, expect: Result<Vec<&str>, NetError>) {
         let got = SourcePool::parse(spec).map(|p| p.addrs);
-        let expect =
-            expect.map(|v| v.into_iter().map(|s| s.parse::<IpAddr>().unwrap()).collect::<Vec<_>>());
+        let expect = expect.map(|v| {
+            v.into_iter()
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .collect::<Vec<_>>()
+        });
         assert_eq!(got, expect, "spec {spec:?}");
     }
 
     #[test]
     fn parses_pools() {
         check("127.0.0.2", Ok(vec!["127.0.0.2"]));
-        check("127.0.0.2-127.0.0.4", Ok(vec!["127.0.0.2", "127.0.0.3", "127.0.0.4"]));
+        check(
+            "127.0.0.2-127.0.0.4",
+            Ok(vec!["127.0.0.2", "127.0.0.3", "127.0.0.4"]),
+        );
         check(
             "127.0.0.2, 127.0.0.5-127.0.0.6",
             Ok(vec!["127.0.0.2", "127.0.0.5", "127.0.0.6"]),
         );
-        check("127.0.0.255-127.0.1.0", Ok(vec!["127.0.0.255", "127.0.1.0"]));
+        check(
+            "127.0.0.255-127.0.1.0",
+            Ok(vec!["127.0.0.255", "127.0.1.0"]),
+        );
         check("", Err(NetError::Empty));
         check("  ", Err(NetError::Empty));
         check("127.0.0.1,", Err(NetError::InvalidAddr(String::new())));
-        check("127.0.0.300", Err(NetError::InvalidAddr("127.0.0.300".into())));
+        check(
+            "127.0.0.300",
+            Err(NetError::InvalidAddr("127.0.0.300".into())),
+        );
         check("::1", Err(NetError::InvalidAddr("::1".into())));
-        check("127.0.0.9-127.0.0.2", Err(NetError::BackwardsRange("127.0.0.9-127.0.0.2".into())));
+        check(
+            "127.0.0.9-127.0.0.2",
+            Err(NetError::BackwardsRange("127.0.0.9-127.0.0.2".into())),
+        );
         check("10.0.0.0-10.1.0.0", Err(NetError::TooMany));
-        assert_eq!(SourcePool::parse("10.0.0.0-10.0.255.255").unwrap().len(), MAX_SOURCE_ADDRS);
+        assert_eq!(
+            SourcePool::parse("10.0.0.0-10.0.255.255").unwrap().len(),
+            MAX_SOURCE_ADDRS
+        );
     }
 
     #[test]
@@ -221,8 +254,17 @@ mod tests {
     #[tokio::test]
     async fn resolves_literals_and_localhost() {
         let r = Resolver::new();
-        assert_eq!(r.resolve("127.0.0.9", 80).await.unwrap().to_string(), "127.0.0.9:80");
-        assert_eq!(r.resolve("[::1]", 81).await.unwrap().to_string(), "[::1]:81");
-        assert_eq!(r.resolve("LocalHost", 82).await.unwrap().to_string(), "127.0.0.1:82");
+        assert_eq!(
+            r.resolve("127.0.0.9", 80).await.unwrap().to_string(),
+            "127.0.0.9:80"
+        );
+        assert_eq!(
+            r.resolve("[::1]", 81).await.unwrap().to_string(),
+            "[::1]:81"
+        );
+        assert_eq!(
+            r.resolve("LocalHost", 82).await.unwrap().to_string(),
+            "127.0.0.1:82"
+        );
     }
 }

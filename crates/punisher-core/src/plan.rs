@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::duration::{DurationError, parse_duration, parse_duration_value};
+use crate::duration::{DurationError, parse_duration_value};
 
 /// Options that are invalid. The message names the option and what to write instead.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
