@@ -1,0 +1,245 @@
+//! The Socket.IO side: the socketioxide server's configuration, per-socket handlers
+//! (connect with an optional room, `echo`, `vote`, disconnect), transport accounting
+//! including polling -> websocket upgrades, and the `question` broadcast.
+//!
+//! socketioxide has no upgrade hook: a socket's transport is an atomic inside the engine
+//! socket that flips when the upgrade completes. So the ids of sockets that connected over
+//! polling are kept in a set, and `sweep_upgrades` moves those whose transport became
+//! websocket into the websocket bucket. It runs before every stats snapshot and at each
+//! disconnect, which makes `connected_now` and `upgrades` exact whenever they are read.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::socket::{DisconnectReason, Sid};
+use socketioxide::{SocketIo, TransportType};
+
+use crate::Shared;
+use crate::sessions::{VoteOutcome, session_from_headers};
+use crate::stats::inc;
+
+/// Engine.IO heartbeat, as node's socket.io defaults.
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// node's maxHttpBufferSize (socketioxide's default is 100 kB).
+const MAX_PAYLOAD: u64 = 1_000_000;
+/// tungstenite's read buffer is allocated eagerly per connection; 4 KiB is enough for our
+/// small frames (FINDINGS: ~6.6 KB per server-side websocket with it). 0 would be invalid.
+const WS_READ_BUFFER: usize = 4096;
+/// Messages bigger than node's maxPayload are refused anyway; a smaller cap bounds what one
+/// hostile client can make us buffer.
+const WS_MAX_MESSAGE: usize = 1 << 20;
+/// Packets queued per socket before an emit fails. A viewer receives a question, acks and
+/// pings: 32 leaves room for bursts while keeping the per-socket channel small.
+const MAX_BUFFERED_PACKETS: usize = 32;
+
+/// Socket ids that connected over polling and have not been seen on websocket yet.
+#[derive(Debug, Default)]
+pub(crate) struct PollingSockets(Mutex<HashSet<Sid>>);
+
+impl PollingSockets {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Sid>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Builds the socketioxide layer and server handle, with our handlers registered.
+pub(crate) fn build(shared: Arc<Shared>) -> (socketioxide::layer::SocketIoLayer, SocketIo) {
+    let (layer, io) = SocketIo::builder()
+        .req_path("/socket.io")
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
+        .max_payload(MAX_PAYLOAD)
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .ws_max_message_size(WS_MAX_MESSAGE)
+        .ws_max_frame_size(WS_MAX_MESSAGE)
+        .max_buffer_size(MAX_BUFFERED_PACKETS)
+        .build_layer();
+    io.ns("/", move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let shared = shared.clone();
+        async move { on_connect(s, auth.ok(), shared) }
+    });
+    (layer, io)
+}
+
+fn on_connect(s: SocketRef, auth: Option<Value>, shared: Arc<Shared>) {
+    let c = &shared.counters;
+    match s.transport_type() {
+        TransportType::Websocket => {
+            inc(&c.total_websocket);
+            c.now_websocket.fetch_add(1, Ordering::Relaxed);
+        }
+        TransportType::Polling => {
+            inc(&c.total_polling);
+            c.now_polling.fetch_add(1, Ordering::Relaxed);
+            shared.polling.lock().insert(s.id);
+        }
+    }
+    if let Some(room) = auth
+        .as_ref()
+        .and_then(|a| a.get("room"))
+        .and_then(Value::as_str)
+    {
+        s.join(room.to_owned());
+    }
+    let on_event = shared.clone();
+    s.on_fallback(
+        move |s: SocketRef, Event(event): Event, ack: AckSender, TryData(data): TryData<Value>| {
+            let shared = on_event.clone();
+            async move { on_event_fallback(&s, &event, ack, data.ok(), &shared) }
+        },
+    );
+    s.on_disconnect(move |s: SocketRef, reason: DisconnectReason| {
+        let shared = shared.clone();
+        async move { on_disconnect(&s, reason, &shared) }
+    });
+}
+
+/// One fallback handler instead of one `on` per event: socketioxide boxes each handler per
+/// socket, and a handler map per socket would cost more than the dispatch below.
+fn on_event_fallback(
+    s: &SocketRef,
+    event: &str,
+    ack: AckSender,
+    data: Option<Value>,
+    shared: &Shared,
+) {
+    let reply = match event {
+        "echo" => data.unwrap_or(Value::Null),
+        "vote" => vote_over_socket(s, data.as_ref(), shared),
+        _ => return,
+    };
+    // Without an ack id there is nobody to answer; a full socket buffer is the client's loss.
+    let _ = ack.send(&reply);
+}
+
+/// `vote` with `{choice}` over the socket, authenticated by the session cookie that the
+/// handshake request carried. Counted with the HTTP votes.
+fn vote_over_socket(s: &SocketRef, data: Option<&Value>, shared: &Shared) -> Value {
+    let c = &shared.counters;
+    let valid_choice = data
+        .and_then(|d| d.get("choice"))
+        .is_some_and(|v| v.is_i64() || v.is_u64());
+    let reply = |ok: bool, error: &str| {
+        let mut m = Map::new();
+        m.insert("ok".into(), Value::Bool(ok));
+        if !ok {
+            m.insert("error".into(), Value::String(error.into()));
+        }
+        Value::Object(m)
+    };
+    let Some(id) = session_from_headers(&s.req_parts().headers) else {
+        inc(&c.unauthorized);
+        return reply(false, "unauthorized");
+    };
+    if !shared.sessions.contains(id) {
+        inc(&c.unauthorized);
+        return reply(false, "unauthorized");
+    }
+    if !valid_choice {
+        inc(&c.bad_requests);
+        return reply(false, "expected {\"choice\": integer}");
+    }
+    match shared.sessions.vote(id) {
+        VoteOutcome::Accepted => {
+            inc(&c.votes);
+            reply(true, "")
+        }
+        VoteOutcome::Duplicate => {
+            inc(&c.duplicate_votes);
+            reply(false, "duplicate vote")
+        }
+        VoteOutcome::UnknownSession => {
+            inc(&c.unauthorized);
+            reply(false, "unauthorized")
+        }
+    }
+}
+
+fn on_disconnect(s: &SocketRef, reason: DisconnectReason, shared: &Shared) {
+    let c = &shared.counters;
+    if shared.polling.lock().remove(&s.id) {
+        c.now_polling.fetch_sub(1, Ordering::Relaxed);
+        if s.transport_type() == TransportType::Websocket {
+            // It upgraded after the last sweep.
+            inc(&c.upgrades);
+        }
+    } else {
+        c.now_websocket.fetch_sub(1, Ordering::Relaxed);
+    }
+    c.disconnected(reason);
+}
+
+/// Closes every socket at shutdown and accounts for them.
+///
+/// socketioxide 0.18.9's `SocketIo::close` takes the namespaces out of the server *before*
+/// closing the transports, so the engine's disconnect finds no namespace and our
+/// `on_disconnect` never runs (its documentation says otherwise). Every socket still
+/// counted as connected afterwards was therefore closed by the shutdown.
+pub(crate) async fn close_all(io: &SocketIo, shared: &Shared) {
+    io.close().await;
+    let c = &shared.counters;
+    let ws = c.now_websocket.swap(0, Ordering::Relaxed).max(0);
+    let polling = c.now_polling.swap(0, Ordering::Relaxed).max(0);
+    shared.polling.lock().clear();
+    c.disconnected_many(DisconnectReason::ClosingServer, (ws + polling) as u64);
+}
+
+/// Moves the sockets that upgraded to websocket since the last sweep into the websocket
+/// bucket. Ids are copied out first so that the set's lock is never held while
+/// socketioxide's own locks are taken.
+pub(crate) fn sweep_upgrades(io: &SocketIo, shared: &Shared) {
+    // `io.get_socket` panics once the server is closed; `of` does not.
+    let Some(ns) = io.of("/") else { return };
+    let ids: Vec<Sid> = shared.polling.lock().iter().copied().collect();
+    let upgraded: Vec<Sid> = ids
+        .into_iter()
+        .filter(|sid| {
+            ns.get_socket(*sid)
+                .is_some_and(|s| s.transport_type() == TransportType::Websocket)
+        })
+        .collect();
+    if upgraded.is_empty() {
+        return;
+    }
+    let c = &shared.counters;
+    let mut set = shared.polling.lock();
+    for sid in upgraded {
+        // A concurrent disconnect may have removed it already and counted it itself.
+        if set.remove(&sid) {
+            c.now_polling.fetch_sub(1, Ordering::Relaxed);
+            c.now_websocket.fetch_add(1, Ordering::Relaxed);
+            inc(&c.upgrades);
+        }
+    }
+}
+
+/// Emits `question` to every socket of the default namespace, or to one room. Returns how
+/// many sockets it was handed to.
+pub(crate) async fn broadcast_question(io: &SocketIo, room: Option<&str>, payload: &Value) -> u64 {
+    // `io.to` / `io.broadcast` panic once the server is closed (the namespace is gone).
+    let ops = || {
+        io.of("/").map(|ns| match room {
+            Some(r) => ns.to(r.to_owned()),
+            None => ns,
+        })
+    };
+    // socketioxide has no count: list the targets, then broadcast the packet encoded once.
+    let (Some(listing), Some(sending)) = (ops(), ops()) else {
+        return 0;
+    };
+    let targets = listing.sockets().len() as u64;
+    let failed = match sending.emit("question", payload).await {
+        Ok(()) => 0,
+        Err(socketioxide::BroadcastError::Socket(errors)) => errors.len() as u64,
+        Err(e) => {
+            tracing::warn!(error = %e, "broadcast failed");
+            targets
+        }
+    };
+    targets.saturating_sub(failed)
+}
