@@ -11,3 +11,6 @@ pub mod plan;
 pub use duration::{DurationError, format_duration, parse_duration, parse_duration_value};
 pub use failure::FailureKind;
 pub use plan::{Executor, HttpOptions, Overrides, Plan, PlanError, Segment, Stage, ThresholdSpec};
+pub mod view;
+
+pub use view::{RunCommand, RunState, RunView};
