@@ -1,0 +1,103 @@
+//! The command line, as clap sees it. Nothing outside this crate sees these types: they
+//! become validated configs in [`crate::config`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// punisher: load tests written in JavaScript, from one machine to a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "punisher", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `punisher_engine=debug`.
+    #[arg(long, global = true, env = "PUNISHER_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario and print its summary; exit 0 when thresholds pass, 99 when not.
+    Run(RunArgs),
+    /// Compile a scenario, validate its options and print the plan, without running it.
+    Check(CheckArgs),
+    /// Serve the demo TV-show backend (HTTP API + Socket.IO).
+    Target(TargetArgs),
+}
+
+/// Flags that change a scenario's options (they override `export const options`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct OptionFlags {
+    /// Session users: each runs the default function once (with --ramp-up).
+    #[arg(long)]
+    pub users: Option<u64>,
+    /// How long session users take to arrive, evenly spread (e.g. 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub ramp_up: Option<String>,
+    /// Test duration (constant VUs, arrival rate) or a cap for session users.
+    #[arg(long, short = 'd', value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Looping virtual users (constant VUs with --duration).
+    #[arg(long)]
+    pub vus: Option<u64>,
+    /// Iterations per second (constant arrival rate, with --duration).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Ramping looping users, e.g. `30s:100,1m:100,10s:0`.
+    #[arg(long, value_name = "DURATION:TARGET,...")]
+    pub stages: Option<String>,
+    /// Skip TLS certificate verification.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Environment for the scenario (`__ENV.KEY`); repeatable.
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The scenario script (an ES module).
+    pub script: PathBuf,
+    #[command(flatten)]
+    pub options: OptionFlags,
+    /// Worker threads, each with one JavaScript context (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Start the demo target in-process on a free loopback port and pass its URL as __ENV.API.
+    #[arg(long)]
+    pub demo_target: bool,
+    /// Write every metric of the summary as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub summary_json: Option<PathBuf>,
+    /// Local source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.60.
+    #[arg(long, value_name = "RANGES")]
+    pub source_ips: Option<String>,
+    /// Memory limit of each worker's JavaScript runtime, in MiB.
+    #[arg(long, default_value_t = 2048, value_name = "MIB")]
+    pub js_memory_limit: usize,
+    /// Print no status line each second.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The scenario script (an ES module).
+    pub script: PathBuf,
+    #[command(flatten)]
+    pub options: OptionFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Delay added to every login and API response (e.g. 10ms).
+    #[arg(long, value_name = "DURATION")]
+    pub latency: Option<String>,
+    /// Fraction of API requests answered with 500 (0.0 to 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+}
