@@ -12,6 +12,16 @@ use punisher_metrics::{MetricKind, MetricsError, Recorder, SeriesId, Tags, Value
 /// The `scenario` tag of every sample (one scenario per run for now).
 pub(crate) const SCENARIO: &str = "default";
 
+/// Distinct request names (`params.name`, else the URL) a worker keeps apart. Each name costs
+/// eight HDR histograms; URLs with ids in them (`/users/123`) would otherwise grow memory
+/// without bound. Further names are recorded under [`OVERFLOW_NAME`] with one warning.
+#[cfg(not(test))]
+const MAX_REQUEST_NAMES: usize = 1000;
+/// Small in unit tests: every name allocates histograms.
+#[cfg(test)]
+const MAX_REQUEST_NAMES: usize = 20;
+pub(crate) const OVERFLOW_NAME: &str = "(too many names: use params.name)";
+
 struct HttpSeries {
     reqs: SeriesId,
     duration: SeriesId,
@@ -51,12 +61,14 @@ pub(crate) struct Metrics {
     data_sent: SeriesId,
     data_received: SeriesId,
     http: HashMap<String, HttpSeries>,
+    request_names: std::collections::HashSet<String>,
     checks: HashMap<(Rc<str>, Option<Rc<str>>), SeriesId>,
     custom: Vec<CustomDef>,
     custom_cache: HashMap<(u32, Option<Rc<str>>), SeriesId>,
 }
 
 /// The request facts that make up an HTTP series' tags.
+#[derive(Clone, Copy)]
 pub(crate) struct HttpTags<'a> {
     pub(crate) name: &'a str,
     pub(crate) method: &'a str,
@@ -96,6 +108,7 @@ impl Metrics {
             data_sent,
             data_received,
             http: HashMap::new(),
+            request_names: std::collections::HashSet::new(),
             checks: HashMap::new(),
             custom: Vec::new(),
             custom_cache: HashMap::new(),
@@ -117,6 +130,22 @@ impl Metrics {
     }
 
     pub(crate) fn http(&mut self, tags: &HttpTags<'_>, resp: &Response) {
+        if !self.request_names.contains(tags.name) {
+            if self.request_names.len() >= MAX_REQUEST_NAMES {
+                let capped = HttpTags {
+                    name: OVERFLOW_NAME,
+                    ..*tags
+                };
+                if self.request_names.insert(OVERFLOW_NAME.to_owned()) {
+                    tracing::warn!(
+                        "more than {MAX_REQUEST_NAMES} distinct request names (URLs); the rest are \
+                         recorded as {OVERFLOW_NAME:?}: pass params.name to group dynamic URLs"
+                    );
+                }
+                return self.http(&capped, resp);
+            }
+            self.request_names.insert(tags.name.to_owned());
+        }
         let status = resp.status;
         let error = resp.error.map(|e| e.code());
         let mut key = String::with_capacity(64);
@@ -293,4 +322,39 @@ impl Metrics {
 /// Formats a status code without going through `fmt` machinery twice.
 fn itoa(n: u16) -> String {
     n.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_names_are_capped() {
+        let mut m = Metrics::new();
+        let resp = Response {
+            status: 200,
+            ..Default::default()
+        };
+        for i in 0..MAX_REQUEST_NAMES + 50 {
+            let name = format!("http://x/users/{i}");
+            let tags = HttpTags {
+                name: &name,
+                method: "GET",
+                group: None,
+                extra: &[],
+            };
+            m.http(&tags, &resp);
+        }
+        // One series set per kept name plus the overflow name.
+        assert_eq!(m.http.len(), MAX_REQUEST_NAMES + 1);
+        let snap = m.recorder.take_snapshot(0, 1000);
+        let overflow = snap
+            .series
+            .iter()
+            .find(|(k, _)| &*k.metric == "http_reqs" && k.tags.get("name") == Some(OVERFLOW_NAME))
+            .map(|(_, v)| v.clone());
+        assert!(
+            matches!(overflow, Some(punisher_metrics::SeriesData::Counter { sum }) if sum == 50.0)
+        );
+    }
 }
