@@ -1,0 +1,83 @@
+//! Helpers to run the real `punisher` binary.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+pub fn scenario(dir: &tempfile::TempDir, name: &str, source: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, source).unwrap();
+    path
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_punisher"));
+    cmd.args(args)
+        .env("PUNISHER_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs punisher to its end (each test's scenario is bounded in time).
+pub fn punisher(args: &[&str]) -> Output {
+    let start = Instant::now();
+    let out = command(args).output().expect("run punisher");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Starts punisher, waits for its first status line on stderr, sends SIGINT, and collects
+/// the output. The status line is the event that proves users are running.
+pub fn interrupt_after_first_status(args: &[&str]) -> Output {
+    let start = Instant::now();
+    let mut child = command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn punisher");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("req/s") {
+            break;
+        }
+        line.clear();
+    }
+    assert!(
+        seen.contains("req/s"),
+        "no status line before the end: {seen}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    seen.push_str(&rest);
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    Output {
+        code: status.code().unwrap_or(-1),
+        stdout,
+        stderr: seen,
+        elapsed: start.elapsed(),
+    }
+}
