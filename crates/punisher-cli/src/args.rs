@@ -100,4 +100,11 @@ pub struct TargetArgs {
     /// Fraction of API requests answered with 500 (0.0 to 1.0).
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
+    /// Serve from N processes on consecutive ports from --listen (one process holds at
+    /// most ~20,000 sockets here); a broadcast and /admin/stats cover all of them.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub processes: usize,
+    /// The other processes of a multi-process target (set by --processes).
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub peers: Vec<std::net::SocketAddr>,
 }
