@@ -1,0 +1,264 @@
+//! Engine.IO client tests against scripted in-process servers: hostile or odd bytes must end
+//! the session with a reason, never a panic.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::*;
+
+const OPEN: &str =
+    r#"0{"sid":"abc","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000}"#;
+
+async fn next(c: &mut EngineClient) -> EngineEvent {
+    tokio::time::timeout(Duration::from_secs(5), c.next())
+        .await
+        .expect("an event")
+        .expect("open")
+}
+
+/// A websocket server that sends `frames` after the upgrade and then waits.
+async fn ws_server(frames: Vec<Message>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        for f in frames {
+            ws.send(f).await.unwrap();
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn websocket_garbage_is_a_parse_error() {
+    let url = ws_server(vec![
+        Message::text(OPEN),
+        Message::text("4hi"),
+        Message::text("9x"),
+    ])
+    .await;
+    let (mut c, info) = EngineClient::connect(&url, &EngineOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(info.handshake.sid, "abc");
+    assert_eq!(info.transport, Transport::Websocket);
+    assert_eq!(next(&mut c).await, EngineEvent::Message("hi".into()));
+    assert!(matches!(
+        next(&mut c).await,
+        EngineEvent::Closed(CloseReason::ParseError(_))
+    ));
+    assert!(c.next().await.is_none());
+    assert!(c.sender().is_closed());
+}
+
+#[tokio::test]
+async fn websocket_handshake_must_open() {
+    let url = ws_server(vec![Message::text("4not open")]).await;
+    let err = EngineClient::connect(&url, &EngineOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EngineError::Handshake(_)), "{err}");
+    let url = ws_server(vec![Message::text("0{not json")]).await;
+    let err = EngineClient::connect(&url, &EngineOptions::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, EngineError::Packet(PacketError::Handshake(_))),
+        "{err}"
+    );
+}
+
+/// A polling server: answers the n-th GET with `gets[n]` (chunked when it starts with
+/// `!chunked `), every POST with `ok`, and records POST bodies and request heads.
+async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let gets = Arc::new(Mutex::new(gets.into_iter()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let gets = gets.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // Read one request: head, then a Content-Length body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 1024];
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 1024];
+                        let n = tcp.read(&mut chunk).await.unwrap();
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+                    buf.drain(..head_end + len);
+                    let reply = if head.starts_with("POST") {
+                        log.lock().unwrap().push(format!("POST {body}"));
+                        "ok".to_owned()
+                    } else {
+                        log.lock()
+                            .unwrap()
+                            .push(head.lines().next().unwrap().to_owned());
+                        let next = gets.lock().unwrap().next();
+                        match next {
+                            Some(b) => b.to_owned(),
+                            None => std::future::pending().await,
+                        }
+                    };
+                    let resp = match reply.strip_prefix("!chunked ") {
+                        Some(b) => format!(
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+                            b.len()
+                        ),
+                        None => format!(
+                            "HTTP/1.1 200 OK\r\nSet-Cookie: srv=1\r\nContent-Length: {}\r\n\r\n{reply}",
+                            reply.len()
+                        ),
+                    };
+                    if tcp.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://127.0.0.1:{port}"), seen)
+}
+
+#[tokio::test]
+async fn polling_payloads_pings_and_garbage() {
+    let (url, seen) = polling_server(vec![
+        // The open packet may share its payload with more packets.
+        "0{\"sid\":\"abc\",\"upgrades\":[\"websocket\"],\"pingInterval\":25000,\"pingTimeout\":20000}\x1e4first",
+        "4hello\x1e2\x1ebAQIDBA==",
+        "!chunked 4chunked",
+        "b!!!",
+    ])
+    .await;
+    let mut o = EngineOptions::new();
+    o.transports = vec![Transport::Polling];
+    o.query = vec![("token".into(), "a b".into())];
+    o.jar = Some(crate::cookies::CookieJar::shared());
+    let (mut c, info) = EngineClient::connect(&url, &o).await.unwrap();
+    assert_eq!(info.transport, Transport::Polling);
+    assert_eq!(next(&mut c).await, EngineEvent::Message("first".into()));
+    assert_eq!(next(&mut c).await, EngineEvent::Message("hello".into()));
+    assert_eq!(
+        next(&mut c).await,
+        EngineEvent::Binary(bytes::Bytes::from_static(&[1, 2, 3, 4]))
+    );
+    c.sender()
+        .send(Packet::Message("42[\"x\"]".into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut c).await, EngineEvent::Message("chunked".into()));
+    assert!(matches!(
+        next(&mut c).await,
+        EngineEvent::Closed(CloseReason::ParseError(_))
+    ));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0],
+        "GET /socket.io/?EIO=4&transport=polling&token=a+b HTTP/1.1"
+    );
+    assert_eq!(
+        seen[1],
+        "GET /socket.io/?EIO=4&transport=polling&token=a+b&sid=abc HTTP/1.1"
+    );
+    // The ping in the second payload was answered with a pong POST, then our message.
+    assert!(seen.contains(&"POST 3".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"POST 442[\"x\"]".to_owned()), "{seen:?}");
+    // The server's cookie went into the jar.
+    let jar = o.jar.unwrap();
+    let base = url::Url::parse(&format!("{url}/socket.io/")).unwrap();
+    assert_eq!(
+        jar.lock().unwrap().header_for(&base).as_deref(),
+        Some("srv=1")
+    );
+}
+
+#[tokio::test]
+async fn polling_error_status_ends_the_session() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut b = [0u8; 2048];
+            let _ = tcp.read(&mut b).await;
+            let body = r#"{"code":1,"message":"Session ID unknown"}"#;
+            let resp = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = tcp.write_all(resp.as_bytes()).await;
+        }
+    });
+    let mut o = EngineOptions::new();
+    o.transports = vec![Transport::Polling];
+    let err = EngineClient::connect(&format!("http://127.0.0.1:{port}"), &o)
+        .await
+        .unwrap_err();
+    match err {
+        EngineError::Status { status, body } => {
+            assert_eq!(status, 400);
+            assert!(body.contains("Session ID unknown"));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ping_timeout_without_pings() {
+    let url = ws_server(vec![Message::text(
+        r#"0{"sid":"s","upgrades":[],"pingInterval":300,"pingTimeout":200}"#,
+    )])
+    .await;
+    let (mut c, _) = EngineClient::connect(&url, &EngineOptions::new())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        c.next().await,
+        Some(EngineEvent::Closed(CloseReason::PingTimeout))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn urls() {
+    let base = url::Url::parse("https://h.example:8443/ignored?x=1").unwrap();
+    let mut o = EngineOptions::new();
+    o.path = "custom/".into();
+    o.query = vec![("k".into(), "v&w".into())];
+    let u = client::engine_url(&base, &o, Transport::Websocket, Some("s1")).unwrap();
+    assert_eq!(
+        u.as_str(),
+        "wss://h.example:8443/custom/?EIO=4&transport=websocket&k=v%26w&sid=s1"
+    );
+    let u = client::engine_url(&base, &o, Transport::Polling, None).unwrap();
+    assert_eq!(
+        u.as_str(),
+        "https://h.example:8443/custom/?EIO=4&transport=polling&k=v%26w"
+    );
+}
