@@ -1,7 +1,8 @@
 //! The controller's per-second merge: decode and merge 1,000 agents' encoded snapshots of
 //! 100 series each (issue 4's goal: under 50 ms per tick). A plain `harness = false` bench
 //! (no criterion) that prints the median of several runs:
-//! `cargo bench -p punisher-metrics --bench merge`.
+//! `cargo bench -p punisher-metrics --bench merge`. `MERGE_ONLY=1` skips the slow
+//! decode-then-merge comparison; `COMPRESSED=1` makes the agents deflate their messages.
 
 // A bench binary reports on stdout.
 #![allow(clippy::print_stdout)]
@@ -10,7 +11,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use punisher_metrics::{
-    MetricKind, Recorder, Snapshot, SnapshotDecoder, SnapshotEncoder, Tags, ValueType,
+    Accumulator, MetricKind, Recorder, Snapshot, SnapshotDecoder, SnapshotEncoder, Tags, ValueType,
+    merge_many,
 };
 
 const AGENTS: usize = 1000;
@@ -88,6 +90,38 @@ fn agent_snapshot(seed: u64) -> Snapshot {
     r.take_snapshot(1_000, 2_000)
 }
 
+/// CPU time (user + system, all threads) this process used so far.
+fn cpu() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let u = getrusage(UsageWho::RUSAGE_SELF).expect("getrusage");
+    let tv =
+        |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    tv(u.user_time()) + tv(u.system_time())
+}
+
+/// Runs `tick` `n` times; prints the median wall and CPU time of one run. Each result is
+/// compared with `expect` outside the timed part.
+fn measure(label: &str, n: usize, expect: &Snapshot, mut tick: impl FnMut() -> Snapshot) {
+    let mut wall = Vec::new();
+    let mut cpus = Vec::new();
+    for _ in 0..n {
+        let (t, c) = (Instant::now(), cpu());
+        let result = tick();
+        wall.push(t.elapsed());
+        cpus.push(cpu() - c);
+        assert!(
+            result == *expect,
+            "{label}: the merge differs from merge_into's"
+        );
+    }
+    println!(
+        "{label}: median wall {:?} (min {:?}), median CPU {:?}",
+        median(wall.clone()),
+        wall.iter().min().unwrap(),
+        median(cpus)
+    );
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -95,7 +129,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let distinct: Vec<Snapshot> = (0..20).map(|i| agent_snapshot(i + 1)).collect();
-    let mut encoder = SnapshotEncoder::new();
+    let compressed = std::env::var_os("COMPRESSED").is_some();
+    let mut encoder = if compressed {
+        SnapshotEncoder::compressing(4096)
+    } else {
+        SnapshotEncoder::new()
+    };
     let mut encode_times = Vec::new();
     let mut encoded: Vec<Vec<u8>> = Vec::with_capacity(AGENTS);
     for i in 0..AGENTS {
@@ -107,29 +146,58 @@ fn main() {
     }
     let bytes: usize = encoded.iter().map(Vec::len).sum();
     println!(
-        "encode one agent snapshot ({} series): median {:?}, {} bytes on average",
+        "encode one agent snapshot ({} series{}): median {:?}, {} bytes on average",
         TRENDS + OTHERS,
+        if compressed { ", compressed" } else { "" },
         median(encode_times),
         bytes / AGENTS
     );
 
     let mut decoder = SnapshotDecoder::new();
-    let mut tick_times = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        let mut tick = Snapshot::empty(0, 0);
-        for msg in &encoded {
-            decoder.merge_into(msg, &mut tick).unwrap();
-        }
-        tick_times.push(t.elapsed());
-        black_box(&tick);
+    let mut reference = Snapshot::empty(0, 0);
+    for msg in &encoded {
+        decoder.merge_into(msg, &mut reference).unwrap();
     }
-    println!(
-        "decode + merge of {AGENTS} snapshots x {} series (merge_into): median {:?}, min {:?}",
-        TRENDS + OTHERS,
-        median(tick_times.clone()),
-        tick_times.iter().min().unwrap()
+    let series = TRENDS + OTHERS;
+    measure(
+        &format!("decode + merge of {AGENTS} snapshots x {series} series (merge_into)"),
+        9,
+        &reference,
+        || {
+            let mut tick = Snapshot::empty(0, 0);
+            for msg in &encoded {
+                decoder.merge_into(msg, &mut tick).unwrap();
+            }
+            tick
+        },
     );
+
+    let mut acc = Accumulator::new();
+    measure(
+        "the same with Accumulator::add + finish",
+        9,
+        &reference,
+        || {
+            for msg in &encoded {
+                acc.add(msg).unwrap();
+            }
+            acc.finish()
+        },
+    );
+
+    let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+    for threads in [1, 2] {
+        measure(
+            &format!("the same with merge_many, {threads} thread(s)"),
+            9,
+            &reference,
+            || {
+                let merged = merge_many(&refs, threads);
+                assert!(merged.rejected.is_empty());
+                merged.snapshot
+            },
+        );
+    }
 
     if std::env::var_os("MERGE_ONLY").is_some() {
         return;

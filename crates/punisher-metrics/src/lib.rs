@@ -5,14 +5,17 @@
 //! - [`series`]: metric kinds, value types, tags, series keys.
 //! - [`recorder`]: the per-worker hot path (`Vec` indexing, no lock, no allocation).
 //! - [`snapshot`]: one interval's deltas and their exact merge.
-//! - [`codec`]: the versioned binary form (trends as HDR V2 + deflate), hostile-input safe.
+//! - [`codec`]: the versioned binary form (trends as HDR V2 counts), hostile-input safe.
+//! - [`merge`]: the controller's bulk merge of encoded snapshots, optionally on threads.
 //! - [`totals`]: accumulated snapshots queried by metric and tag filter.
 //! - [`threshold`]: parsing and evaluating `p(95)<200` on `metric{tag:value}`.
 //! - [`summary`]: the end-of-run model and its text and JSON renderers.
 //!
-//! This crate is pure: no I/O, no threads, no clocks (callers pass times in).
+//! This crate is pure: no I/O, no clocks (callers pass times in), and no threads except
+//! the scoped ones [`merge_many`] is asked for.
 
 pub mod codec;
+pub mod merge;
 pub mod recorder;
 pub mod series;
 pub mod snapshot;
@@ -21,6 +24,7 @@ pub mod threshold;
 pub mod totals;
 
 pub use codec::{SnapshotDecoder, SnapshotEncoder};
+pub use merge::{Accumulator, Merged, merge_many};
 pub use recorder::{Recorder, SeriesId};
 pub use series::{MetricKind, SeriesKey, Tags, ValueType};
 pub use snapshot::{SeriesData, Snapshot, new_trend_histogram};

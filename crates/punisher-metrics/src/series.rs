@@ -94,8 +94,41 @@ impl ValueType {
 }
 
 /// A sorted set of `(key, value)` tags with unique keys. Cloning is one reference count.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Tags(Arc<[(Arc<str>, Arc<str>)]>);
+
+/// Compares two shared strings, by pointer first: the controller's keys mostly share their
+/// `Arc`s with the decoder's, and then a comparison costs no memory access.
+fn cmp_shared(a: &Arc<str>, b: &Arc<str>) -> std::cmp::Ordering {
+    if Arc::ptr_eq(a, b) {
+        std::cmp::Ordering::Equal
+    } else {
+        a.cmp(b)
+    }
+}
+
+/// Lexicographic by `(key, value)` pairs, as the derived order would be, with pointer
+/// shortcuts.
+impl Ord for Tags {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        for (a, b) in self.0.iter().zip(other.0.iter()) {
+            let o = cmp_shared(&a.0, &b.0).then_with(|| cmp_shared(&a.1, &b.1));
+            if o.is_ne() {
+                return o;
+            }
+        }
+        self.0.len().cmp(&other.0.len())
+    }
+}
+
+impl PartialOrd for Tags {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Tags {
     /// Builds a tag set. When a key is given twice the last value wins, as when a script's
@@ -141,6 +174,11 @@ impl Tags {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The pairs as shared strings (for the encoder's string table).
+    pub(crate) fn arcs(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<str>)> + '_ {
+        self.0.iter().map(|(k, v)| (k, v))
     }
 
     pub fn len(&self) -> usize {
@@ -208,11 +246,23 @@ impl<'de> Deserialize<'de> for Tags {
     }
 }
 
-/// A series: one metric with one tag set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A series: one metric with one tag set. Ordered by metric, then tags.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SeriesKey {
     pub metric: Arc<str>,
     pub tags: Tags,
+}
+
+impl Ord for SeriesKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        cmp_shared(&self.metric, &other.metric).then_with(|| self.tags.cmp(&other.tags))
+    }
+}
+
+impl PartialOrd for SeriesKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl SeriesKey {

@@ -6,8 +6,9 @@ mod util;
 use std::time::Duration;
 
 use punisher_metrics::{
-    MetricKind, Recorder, SeriesData, SeriesKey, Snapshot, SnapshotDecoder, Summary, SummaryMeta,
-    Tags, Threshold, Totals, ValueType, new_trend_histogram,
+    Accumulator, MetricKind, Recorder, SeriesData, SeriesKey, Snapshot, SnapshotDecoder,
+    SnapshotEncoder, Summary, SummaryMeta, Tags, Threshold, Totals, ValueType, merge_many,
+    new_trend_histogram,
 };
 use util::{Lcg, http_series, record_requests};
 
@@ -120,7 +121,15 @@ fn codec_round_trips() {
 
 #[test]
 fn decode_rejects_garbage_without_panicking() {
-    let bytes = all_kinds_snapshot().encode();
+    let mut zipped = Vec::new();
+    SnapshotEncoder::compressing(0).encode_into(&all_kinds_snapshot(), &mut zipped);
+    check_garbage(all_kinds_snapshot().encode());
+    check_garbage(zipped);
+}
+
+/// Prefixes, mutations and noise of `bytes` (one decoder throughout, so its caches of the
+/// last good table and keys meet every kind of damage).
+fn check_garbage(bytes: Vec<u8>) {
     let mut decoder = SnapshotDecoder::new();
     // Prefixes shorter than the whole are errors (about 3,000 of them, all the short ones).
     let step = (bytes.len() / 3000).max(1);
@@ -155,12 +164,12 @@ fn decode_rejects_garbage_without_panicking() {
         let n = rng.below(200) as usize;
         let noise: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
         assert!(decoder.decode(&noise).is_err());
-        let mut forged = b"PNSM\x01\x00\x00".to_vec();
+        let mut forged = b"PNSM\x02\x00\x00".to_vec();
         forged.extend(noise);
         let _ = decoder.decode(&forged);
     }
     let huge = [
-        b'P', b'N', b'S', b'M', 1, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f,
+        b'P', b'N', b'S', b'M', 2, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f,
     ];
     let e = decoder.decode(&huge).unwrap_err().to_string();
     assert!(e.contains("more than the message can hold"), "{e}");
@@ -180,6 +189,101 @@ fn merge_into_refuses_kind_conflicts_atomically() {
         .unwrap_err();
     assert!(e.to_string().contains("vus"), "{e}");
     assert_eq!(target, before);
+}
+
+/// What the controller would get merging `msgs` one by one into an empty snapshot.
+fn sequential(msgs: &[Vec<u8>]) -> (Snapshot, Vec<usize>) {
+    let mut d = SnapshotDecoder::new();
+    let mut s = Snapshot::empty(0, 0);
+    let rejected = msgs
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| d.merge_into(m, &mut s).is_err())
+        .map(|(i, _)| i)
+        .collect();
+    (s, rejected)
+}
+
+fn check_bulk_merges(msgs: &[Vec<u8>]) {
+    let (expect, expect_rejected) = sequential(msgs);
+    let refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+    for threads in [1, 2, 3, 7] {
+        let merged = merge_many(&refs, threads);
+        let rejected: Vec<usize> = merged.rejected.iter().map(|(i, _)| *i).collect();
+        assert_eq!(rejected, expect_rejected, "{threads} threads");
+        assert!(merged.snapshot == expect, "{threads} threads");
+    }
+    let mut acc = Accumulator::new();
+    for m in msgs {
+        let _ = acc.add(m);
+    }
+    assert!(acc.finish() == expect);
+    // The accumulator starts over after finish.
+    assert_eq!(acc.finish(), Snapshot::empty(0, 0));
+}
+
+#[test]
+fn bulk_merges_equal_merging_one_by_one() {
+    let mut rng = Lcg(21);
+    let mut msgs = Vec::new();
+    let mut zipper = SnapshotEncoder::compressing(0);
+    for agent in 0..12u64 {
+        let mut r = Recorder::new();
+        // Series sets differ between agents, so keys are new to some decoders.
+        for name in ["vote", "info", "login"]
+            .iter()
+            .take(1 + agent as usize % 3)
+        {
+            let h = http_series(&mut r, name, if agent % 2 == 0 { "200" } else { "503" });
+            record_requests(&mut r, &h, &mut rng, 50 + 20 * agent as usize);
+        }
+        // Intervals, including the 0..0 that widening treats as "none yet".
+        let (start, end) = match agent {
+            3 => (0, 0),
+            7 => (500, 900),
+            _ => (1000 * agent, 1000 * agent + 1000),
+        };
+        let s = r.take_snapshot(start, end);
+        let mut bytes = Vec::new();
+        if agent % 4 == 1 {
+            zipper.encode_into(&s, &mut bytes);
+        } else {
+            SnapshotEncoder::new().encode_into(&s, &mut bytes);
+        }
+        msgs.push(bytes);
+    }
+    check_bulk_merges(&msgs);
+    for first in [0, 3, 7] {
+        check_bulk_merges(&msgs[first..]);
+    }
+    check_bulk_merges(&[]);
+
+    // Malformed messages are left out wherever they are.
+    let mut with_bad = msgs.clone();
+    with_bad.insert(5, b"garbage".to_vec());
+    let mut cut = msgs[2].clone();
+    cut.truncate(cut.len() / 2);
+    with_bad.push(cut);
+    check_bulk_merges(&with_bad);
+
+    // A kind conflict: which message loses depends on order, across shards too.
+    let mut conflicting = Snapshot::empty(1, 2);
+    conflicting.series.insert(
+        SeriesKey::new(
+            "http_reqs",
+            Tags::new([("method", "GET"), ("name", "vote"), ("status", "200")]),
+        ),
+        SeriesData::Rate {
+            passes: 1,
+            total: 2,
+        },
+    );
+    let mut with_conflict = msgs.clone();
+    with_conflict.insert(1, conflicting.encode());
+    with_conflict.insert(9, conflicting.encode());
+    let (_, rejected) = sequential(&with_conflict);
+    assert!(!rejected.is_empty());
+    check_bulk_merges(&with_conflict);
 }
 
 fn run_totals() -> Totals {
