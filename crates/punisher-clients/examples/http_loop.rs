@@ -1,7 +1,12 @@
 //! CPU per request of the HTTP client: N virtual users on one current_thread runtime loop
 //! GETs for a while; prints requests, errors and user+sys CPU microseconds per request.
 //!
-//! `cargo run --release -p punisher-clients --example http_loop -- [URL] [USERS] [SECONDS]`
+//! `cargo run --release -p punisher-clients --example http_loop -- [URL] [USERS] [SECONDS]
+//! [MAX_REQUESTS]`
+//!
+//! `MAX_REQUESTS` stops the run after that many requests, so that instruction counts
+//! (`valgrind --tool=callgrind`) of two run lengths can be subtracted: the difference divided
+//! by the extra requests is the cost of one request without the start-up.
 #![allow(clippy::print_stdout)]
 
 use std::cell::Cell;
@@ -34,6 +39,7 @@ fn main() {
         .unwrap_or_else(|| "http://127.0.0.1:18080/".to_owned());
     let users: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     let seconds: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
+    let max_requests: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(u64::MAX);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -54,7 +60,7 @@ fn main() {
             let (requests, errors) = (requests.clone(), errors.clone());
             tasks.push(tokio::task::spawn_local(async move {
                 let client = HttpClient::new(shared, CookieJar::shared(), false);
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && requests.get() < max_requests {
                     let resp = client.request(Request::get(url.clone())).await;
                     requests.set(requests.get() + 1);
                     if resp.status != 200 {

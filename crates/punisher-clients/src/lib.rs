@@ -7,6 +7,7 @@
 //! - [`ws`]: a WebSocket client (tokio-tungstenite with small buffers), ws:// and wss://.
 //! - [`engineio`]: an Engine.IO v4 client (polling, websocket, upgrade, heartbeat).
 //! - [`socketio`]: a Socket.IO v5 client on top (namespaces, acks, binary, reconnection).
+//! - `tls`: the rustls connectors and the `--insecure` verifier, shared by all of them.
 //!
 //! This crate returns typed results and timings; it records no metrics and knows nothing
 //! of JavaScript. Network failures are data (a [`punisher_core::FailureKind`]), not errors.
@@ -17,4 +18,5 @@ pub mod engineio;
 pub mod http;
 pub mod net;
 pub mod socketio;
+mod tls;
 pub mod ws;

@@ -6,6 +6,15 @@
 //! every [`EngineSender`]) owns the write side: the websocket sink, or the queue of packets
 //! waiting for the next POST. Nothing is buffered while idle: the POST connection is closed
 //! once its queue is empty, and the long-poll allocates its buffer when the answer starts.
+//!
+//! # Why POST connections are not kept alive
+//! A flush sends every queued batch on one connection, then closes it. Keeping it open would
+//! give every polling user two sockets (the long-poll GET and the idle POST) instead of one:
+//! with an agent's limit of 20,000 file descriptors that halves the polling users it can
+//! hold. It would also rarely be reused: between batches a quiet user only answers a ping
+//! every 25 s, and servers close idle keep-alive connections long before that (node after
+//! 5 s), so the next POST would reconnect anyway. The price is one TCP connect (and TLS
+//! handshake for `https`) per flush, e.g. per pong; revisit only if the fd budget changes.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -250,9 +259,7 @@ impl Shared {
                 }
             }
         }
-        // An idle POST connection would hold a file descriptor for nothing: servers close
-        // idle keep-alive connections after a few seconds (node: 5 s) and pongs come every
-        // 25 s, so the next POST would reconnect anyway.
+        // Not kept alive between flushes: one fd per polling user (see the module doc).
         *conn = None;
         Ok(())
     }

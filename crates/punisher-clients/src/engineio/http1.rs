@@ -4,17 +4,17 @@
 //! Written here rather than through `http::HttpClient` because of the idle budget: a polling
 //! user always has one long-poll GET outstanding, and this exchange allocates its read
 //! buffer only once the server starts answering (it waits for readability first), so an
-//! idle long-poll holds its socket and a few bytes of state, not a 4 KiB buffer.
+//! idle long-poll holds its socket and a few bytes of state, not a 4 KiB buffer. The wire
+//! rules (head, framing, chunked decoding) are the HTTP client's, from `http::parse`.
 
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::EngineError;
+use crate::http::parse::{ChunkedDecoder, Framing, ParseError, parse_head};
 use crate::ws::NetStream;
 
-/// Most header lines in a polling response.
-const MAX_HEADERS: usize = 64;
 /// Longest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
 /// First read buffer: a typical polling answer (`2`, `ok`, an event) fits.
@@ -64,19 +64,23 @@ pub(crate) async fn exchange(
                 "connection closed before the response",
             )));
         }
-        if let Some(done) = parse_head(&buf)? {
+        if let Some(done) = parse_head(&buf, false).map_err(http_err)? {
             break done;
         }
     };
     let mut body_buf = buf.split_off(head_len);
     drop(buf);
     let body = match parsed.framing {
+        Framing::Empty => Vec::new(),
         Framing::Length(len) => {
-            if len > max_body {
-                return Err(EngineError::Http(format!(
-                    "response body of {len} bytes too large"
-                )));
-            }
+            let len = match usize::try_from(len) {
+                Ok(len) if len <= max_body => len,
+                _ => {
+                    return Err(EngineError::Http(format!(
+                        "response body of {len} bytes too large"
+                    )));
+                }
+            };
             body_buf.reserve(len.saturating_sub(body_buf.len()));
             while body_buf.len() < len {
                 if stream
@@ -110,12 +114,22 @@ pub(crate) async fn exchange(
             body_buf
         }
     };
+    let set_cookie = parsed
+        .headers
+        .into_iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, value)| value)
+        .collect();
     Ok(Reply {
         status: parsed.status,
         body,
-        keep_alive: parsed.keep_alive && parsed.framing != Framing::UntilClose,
-        set_cookie: parsed.set_cookie,
+        keep_alive: parsed.keep_alive,
+        set_cookie,
     })
+}
+
+fn http_err(e: ParseError) -> EngineError {
+    EngineError::Http(e.to_string())
 }
 
 fn eof() -> EngineError {
@@ -125,205 +139,36 @@ fn eof() -> EngineError {
     ))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    Chunked,
-    UntilClose,
-}
-
-#[derive(Debug)]
-struct Parsed {
-    status: u16,
-    framing: Framing,
-    keep_alive: bool,
-    set_cookie: Vec<String>,
-}
-
-/// Parses a response head: `None` while incomplete.
-fn parse_head(buf: &[u8]) -> Result<Option<(Parsed, usize)>, EngineError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(EngineError::Http(format!("malformed response head: {e}"))),
-    };
-    let status = resp.code.unwrap_or(0);
-    let mut keep_alive = resp.version == Some(1);
-    let mut framing = Framing::UntilClose;
-    let mut set_cookie = Vec::new();
-    for h in resp.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let n = value
-                .parse()
-                .map_err(|_| EngineError::Http("invalid content-length".into()))?;
-            if framing != Framing::Chunked {
-                framing = Framing::Length(n);
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if value.to_ascii_lowercase().ends_with("chunked") {
-                framing = Framing::Chunked;
-            }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            let v = value.to_ascii_lowercase();
-            if v.contains("close") {
-                keep_alive = false;
-            } else if v.contains("keep-alive") {
-                keep_alive = true;
-            }
-        } else if h.name.eq_ignore_ascii_case("set-cookie") {
-            set_cookie.push(value.to_owned());
-        }
-    }
-    if status == 204 || status == 304 || (100..200).contains(&status) {
-        framing = Framing::Length(0);
-    }
-    Ok(Some((
-        Parsed {
-            status,
-            framing,
-            keep_alive,
-            set_cookie,
-        },
-        len,
-    )))
-}
-
-/// Reads a chunked body whose first bytes are already in `raw`.
+/// Reads a chunked body whose first bytes are already in `raw`. The decoder consumes data
+/// as it arrives and bounds its lines, so `raw` stays small.
 async fn read_chunked(
     stream: &mut NetStream,
     mut raw: Vec<u8>,
     max_body: usize,
 ) -> Result<Vec<u8>, EngineError> {
     let mut out = Vec::new();
-    let mut pos = 0;
+    let mut decoder = ChunkedDecoder::new();
     loop {
-        match dechunk_step(&raw[pos..])? {
-            Step::Need => {
-                if raw.len() - pos > MAX_HEAD + max_body {
-                    return Err(EngineError::Http("chunked body too large".into()));
+        let mut too_large = false;
+        let used = decoder
+            .decode(&raw, &mut |data| {
+                if out.len() + data.len() > max_body {
+                    too_large = true;
+                } else {
+                    out.extend_from_slice(data);
                 }
-                raw.reserve(FIRST_READ);
-                if stream.read_buf(&mut raw).await.map_err(EngineError::Io)? == 0 {
-                    return Err(eof());
-                }
-            }
-            Step::Chunk { start, len, next } => {
-                if out.len() + len > max_body {
-                    return Err(EngineError::Http("chunked body too large".into()));
-                }
-                out.extend_from_slice(&raw[pos + start..pos + start + len]);
-                pos += next;
-            }
-            Step::End => return Ok(out),
+            })
+            .map_err(http_err)?;
+        if too_large {
+            return Err(EngineError::Http("chunked body too large".into()));
         }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Step {
-    /// More bytes are needed.
-    Need,
-    /// A data chunk at `start..start+len`; the next chunk begins at `next`.
-    Chunk {
-        start: usize,
-        len: usize,
-        next: usize,
-    },
-    /// The last chunk and the trailers were read.
-    End,
-}
-
-fn dechunk_step(b: &[u8]) -> Result<Step, EngineError> {
-    let bad = || EngineError::Http("malformed chunked body".into());
-    let Some(line_end) = b.windows(2).position(|w| w == b"\r\n") else {
-        return if b.len() > 1024 {
-            Err(bad())
-        } else {
-            Ok(Step::Need)
-        };
-    };
-    let line = std::str::from_utf8(&b[..line_end]).map_err(|_| bad())?;
-    let size = line.split(';').next().unwrap_or("").trim();
-    let len = usize::from_str_radix(size, 16).map_err(|_| bad())?;
-    let start = line_end + 2;
-    if len == 0 {
-        // Trailers end with an empty line; we accept only none at all or skip them.
-        let rest = &b[start..];
-        if rest.starts_with(b"\r\n") {
-            return Ok(Step::End);
+        if decoder.is_done() {
+            return Ok(out);
         }
-        return match rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            Some(_) => Ok(Step::End),
-            None => Ok(Step::Need),
-        };
-    }
-    let end = start.checked_add(len).ok_or_else(bad)?;
-    if b.len() < end + 2 {
-        return Ok(Step::Need);
-    }
-    if &b[end..end + 2] != b"\r\n" {
-        return Err(bad());
-    }
-    Ok(Step::Chunk {
-        start,
-        len,
-        next: end + 2,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_heads() {
-        let (p, len) =
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSet-Cookie: a=1\r\n\r\nok")
-                .unwrap()
-                .unwrap();
-        assert_eq!(
-            (p.status, p.framing, p.keep_alive, len),
-            (200, Framing::Length(2), true, 55)
-        );
-        assert_eq!(p.set_cookie, ["a=1"]);
-        let (p, _) = parse_head(b"HTTP/1.0 400 Bad\r\n\r\n").unwrap().unwrap();
-        assert_eq!(
-            (p.status, p.framing, p.keep_alive),
-            (400, Framing::UntilClose, false)
-        );
-        let (p, _) = parse_head(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((p.framing, p.keep_alive), (Framing::Chunked, false));
-        assert!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Len")
-                .unwrap()
-                .is_none()
-        );
-        assert!(parse_head(b"garbage\r\n\r\n").is_err());
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            dechunk_step(b"2\r\nok\r\n").unwrap(),
-            Step::Chunk {
-                start: 3,
-                len: 2,
-                next: 7
-            }
-        );
-        assert_eq!(dechunk_step(b"2\r\no").unwrap(), Step::Need);
-        assert_eq!(dechunk_step(b"0\r\n\r\n").unwrap(), Step::End);
-        assert_eq!(dechunk_step(b"0\r\n").unwrap(), Step::Need);
-        assert!(dechunk_step(b"zz\r\n").is_err());
-        assert!(dechunk_step(b"2\r\nokXX").is_err());
-        assert!(dechunk_step(b"ffffffffffffffffff\r\n").is_err());
+        raw.drain(..used);
+        raw.reserve(FIRST_READ);
+        if stream.read_buf(&mut raw).await.map_err(EngineError::Io)? == 0 {
+            return Err(eof());
+        }
     }
 }

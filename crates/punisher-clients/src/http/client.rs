@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use punisher_core::FailureKind;
-use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use url::Url;
 
@@ -14,9 +14,11 @@ use super::conn::{
     BufCache, Conn, Counters, ExchangeError, Exchanged, IdleConn, Pool, READ_BUF, exchange,
 };
 use super::head::write_head;
-use super::{HttpConfig, Method, Request, Response, Timings, tls};
+use super::urls::UrlCache;
+use super::{HttpConfig, Method, Request, Response, Timings};
 use crate::cookies::SharedJar;
 use crate::net::{Resolver, connect_tcp};
+use crate::tls;
 
 /// Idle keep-alive connections a virtual user keeps (distinct hosts, or overlapping requests).
 const MAX_IDLE_PER_USER: usize = 4;
@@ -37,12 +39,13 @@ pub enum HttpSetupError {
     Tls(#[from] rustls::Error),
 }
 
-/// What the clients of one worker share: configuration, TLS, DNS cache, the idle pool of
-/// `shareConnections` mode and reusable request-head buffers.
+/// What the clients of one worker share: configuration, TLS, DNS cache, parsed URLs, the
+/// idle pool of `shareConnections` mode and reusable request-head buffers.
 pub struct HttpShared {
     config: HttpConfig,
     tls: TlsConnector,
     resolver: Resolver,
+    urls: UrlCache,
     pool: Pool,
     heads: BufCache,
     reads: BufCache,
@@ -59,11 +62,12 @@ impl fmt::Debug for HttpShared {
 impl HttpShared {
     /// Builds the shared state of one worker.
     pub fn new(config: HttpConfig) -> Result<Self, HttpSetupError> {
-        let tls = TlsConnector::from(Arc::new(tls::client_config(config.insecure)?));
+        let tls = tls::connector(config.insecure)?;
         Ok(Self {
             config,
             tls,
             resolver: Resolver::new(),
+            urls: UrlCache::new(),
             pool: Pool::new(MAX_IDLE_SHARED),
             heads: BufCache::new(512, MAX_HEAD_BUF, MAX_CACHED_BUFS),
             reads: BufCache::new(READ_BUF, 2 * READ_BUF, MAX_CACHED_BUFS),
@@ -88,8 +92,10 @@ pub struct HttpClient {
 }
 
 /// What a request has done so far; outside the request future so a timeout keeps it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Progress {
+    /// The URL of the current hop.
+    url: Arc<Url>,
     counters: Counters,
     redirects: u32,
     timings: Timings,
@@ -119,48 +125,66 @@ impl HttpClient {
 
     /// Performs `req`, following redirects. Never fails: see [`Response::error`].
     pub async fn request(&self, req: Request) -> Response {
-        let timeout = req.timeout.unwrap_or(self.shared.config.default_timeout);
-        let mut progress = Progress::default();
-        let url = req.url.clone();
+        let Request {
+            method,
+            url: raw_url,
+            headers,
+            body,
+            timeout,
+        } = req;
+        let timeout = timeout.unwrap_or(self.shared.config.default_timeout);
+        let url = match self.shared.urls.get(&raw_url) {
+            Ok(url) => url,
+            Err(msg) => {
+                return Response {
+                    url: raw_url,
+                    error: Some(FailureKind::InvalidUrl),
+                    error_message: Some(msg),
+                    ..Response::default()
+                };
+            }
+        };
+        let mut p = Progress {
+            url,
+            counters: Counters::default(),
+            redirects: 0,
+            timings: Timings::default(),
+        };
         let start = Instant::now();
-        match tokio::time::timeout(timeout, self.run(req, &mut progress)).await {
+        let run = self.run(method, headers, body, &mut p);
+        let mut resp = match tokio::time::timeout(timeout, run).await {
             Ok(resp) => resp,
             Err(_) => {
                 let msg = format!("request timed out after {timeout:?}");
-                let mut resp = failure(FailureKind::Timeout, msg, url, &progress);
+                let mut resp = failure(FailureKind::Timeout, msg, &p);
                 resp.timings.duration = start.elapsed();
                 resp
             }
-        }
+        };
+        // The caller's string is the final URL when it is already in normal form and was not
+        // redirected: move it instead of copying the parsed one.
+        resp.url = if p.url.as_str() == raw_url {
+            raw_url
+        } else {
+            p.url.as_str().to_owned()
+        };
+        resp
     }
 
-    async fn run(&self, req: Request, p: &mut Progress) -> Response {
-        let Request {
-            mut method,
-            url: raw_url,
-            mut headers,
-            mut body,
-            ..
-        } = req;
-        let mut url = match Url::parse(&raw_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => u,
-            Ok(u) => {
-                let msg = format!("unsupported url scheme {:?}", u.scheme());
-                return failure(FailureKind::InvalidUrl, msg, raw_url, p);
-            }
-            Err(e) => {
-                return failure(
-                    FailureKind::InvalidUrl,
-                    format!("invalid url: {e}"),
-                    raw_url,
-                    p,
-                );
-            }
-        };
+    /// The request loop; the returned response's `url` is filled in by the caller from
+    /// `p.url`.
+    async fn run(
+        &self,
+        mut method: Method,
+        mut headers: Vec<(String, String)>,
+        mut body: Bytes,
+        p: &mut Progress,
+    ) -> Response {
         loop {
+            let url = p.url.clone();
             let ex = match self.hop(&method, &url, &headers, &body, p).await {
                 Ok(ex) => ex,
-                Err(e) => return failure(e.kind, e.message, url.into(), p),
+                Err(e) => return failure(e.kind, e.message, p),
             };
             self.store_cookies(&url, &ex);
             let status = ex.head.status;
@@ -172,7 +196,7 @@ impl HttpClient {
                 if status <= 303 && method != Method::Get && method != Method::Head {
                     // As browsers and Go do: the body is not replayed on 301/302/303.
                     method = Method::Get;
-                    body = bytes::Bytes::new();
+                    body = Bytes::new();
                     headers.retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
                 }
                 if next.host_str() != url.host_str() {
@@ -182,10 +206,12 @@ impl HttpClient {
                             && !n.eq_ignore_ascii_case("cookie")
                     });
                 }
-                url = next;
+                // Redirect targets are not cached: they come from the server and may be
+                // unique (a session id in the path).
+                p.url = Arc::new(next);
                 continue;
             }
-            return self.response(ex, url, p);
+            return self.response(ex, p);
         }
     }
 
@@ -203,7 +229,7 @@ impl HttpClient {
         }
     }
 
-    fn response(&self, ex: Exchanged, url: Url, p: &Progress) -> Response {
+    fn response(&self, ex: Exchanged, p: &Progress) -> Response {
         let (error, error_message) = if ex.discarded > 0 {
             let msg = format!(
                 "response body exceeded {} bytes; {} bytes discarded",
@@ -224,7 +250,7 @@ impl HttpClient {
             headers: ex.head.headers,
             body: ex.body,
             body_discarded: ex.discarded,
-            url: url.into(),
+            url: String::new(),
             redirects: p.redirects,
             timings: p.timings,
             error,
@@ -367,8 +393,7 @@ impl HttpClient {
         let t2 = Instant::now();
         timings.connecting = t2 - t1;
         let conn = if https {
-            let bare = host.trim_start_matches('[').trim_end_matches(']');
-            let name = ServerName::try_from(bare.to_owned()).map_err(|e| ExchangeError {
+            let name = tls::server_name(host).map_err(|e| ExchangeError {
                 kind: FailureKind::InvalidUrl,
                 message: format!("invalid tls server name {host:?}: {e}"),
                 nothing_received: true,
@@ -415,9 +440,9 @@ fn redirect_target(url: &Url, ex: &Exchanged) -> Option<Url> {
     (matches!(next.scheme(), "http" | "https") && next.host_str().is_some()).then_some(next)
 }
 
-fn failure(kind: FailureKind, message: String, url: String, p: &Progress) -> Response {
+/// A failed request; the caller fills in `url`.
+fn failure(kind: FailureKind, message: String, p: &Progress) -> Response {
     Response {
-        url,
         redirects: p.redirects,
         timings: p.timings,
         error: Some(kind),

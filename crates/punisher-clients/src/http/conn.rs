@@ -300,8 +300,10 @@ pub(crate) async fn exchange(
     match head.framing {
         Framing::Empty => {}
         Framing::Length(len) => {
+            // Exact, not amortised: a body whose length equals its capacity becomes `Bytes`
+            // without a separate shared header allocation.
             sink.body
-                .reserve(len.min(cap).min(MAX_BODY_PREALLOC) as usize);
+                .reserve_exact(len.min(cap).min(MAX_BODY_PREALLOC) as usize);
             let mut left = len;
             loop {
                 let n = left.min((buf.len() - pos) as u64) as usize;

@@ -12,13 +12,16 @@
 //! - `head`: serialising the request head;
 //! - `conn`: connections, idle pools and one request/response exchange on the wire;
 //! - `parse`: pure response parsing (head, framing, chunked decoding);
-//! - `tls`: the rustls configuration.
+//! - `urls`: the per-worker cache of parsed URLs.
+//!
+//! TLS comes from the crate's `tls` module, shared with the WebSocket and Engine.IO clients.
 
 mod client;
 mod conn;
 mod head;
-mod parse;
-mod tls;
+// The Engine.IO polling transport reads its responses with the same rules.
+pub(crate) mod parse;
+mod urls;
 
 #[cfg(test)]
 mod tests;

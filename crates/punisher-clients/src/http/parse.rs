@@ -2,6 +2,8 @@
 //! (RFC 9112 section 6.3) and an incremental chunked-transfer decoder. No I/O here, so
 //! every rule is tested with plain byte strings split at arbitrary points.
 
+use std::borrow::Cow;
+
 /// The most header lines a response may carry.
 const MAX_HEADERS: usize = 100;
 /// The longest chunk-size or trailer line accepted, so a hostile peer cannot grow our buffer.
@@ -64,7 +66,11 @@ pub(crate) fn parse_head(
     let mut close = minor == 0;
     let mut headers = Vec::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let value = String::from_utf8_lossy(h.value);
+        // Values are nearly always ASCII: validating is cheaper than the lossy conversion.
+        let value = match std::str::from_utf8(h.value) {
+            Ok(v) => Cow::Borrowed(v),
+            Err(_) => String::from_utf8_lossy(h.value),
+        };
         if h.name.eq_ignore_ascii_case("content-length") {
             let n: u64 = value
                 .trim()

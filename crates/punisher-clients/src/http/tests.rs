@@ -217,6 +217,41 @@ async fn keep_alive_reuses_one_connection() {
 }
 
 #[tokio::test]
+async fn url_forms_request_line_host_and_final_url() {
+    let server = serve(|_| ok("ok")).await;
+    let c = client();
+    let port = server.addr.port();
+    // Twice each: the second request of a URL takes the worker's cached parse.
+    for _ in 0..2 {
+        let bare = format!("http://127.0.0.1:{port}");
+        let r = c.request(Request::get(bare.clone())).await;
+        assert_eq!(r.url, format!("{bare}/"), "normalised like the wire target");
+        let r = c
+            .request(Request::get(format!(
+                "HTTP://LocalHost:{port}/a/../b?q=1#frag"
+            )))
+            .await;
+        assert_eq!(r.url, format!("http://localhost:{port}/b?q=1#frag"));
+        let exact = server.url("/c?d=e");
+        assert_eq!(c.request(Request::get(exact.clone())).await.url, exact);
+    }
+    let seen = server.seen();
+    let lines: Vec<_> = seen.iter().map(|s| s.line()).collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "GET / HTTP/1.1",
+            "GET /b?q=1 HTTP/1.1",
+            "GET /c?d=e HTTP/1.1"
+        ]
+    );
+    assert_eq!(lines[..3], lines[3..]);
+    let hosts: Vec<_> = seen.iter().map(|s| s.header("host").unwrap()).collect();
+    let (ip, name) = (format!("127.0.0.1:{port}"), format!("localhost:{port}"));
+    assert_eq!(hosts[..3], [&ip, &name, &ip]);
+}
+
+#[tokio::test]
 async fn content_length_body_in_pieces_and_timings() {
     let big = "x".repeat(200_000);
     let payload = format!(
@@ -469,6 +504,7 @@ async fn timeout_covers_the_exchange() {
     assert_eq!((r.status, r.error), (0, Some(FailureKind::Timeout)));
     assert!(r.timings.duration >= Duration::from_millis(200));
     assert!(r.bytes_sent > 0, "the request was sent before the timeout");
+    assert_eq!(r.url, server.url("/"));
 }
 
 #[tokio::test]
@@ -540,19 +576,9 @@ async fn shared_connections_and_source_pool() {
 
 mod tls_tests {
     use super::*;
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
     async fn serve_tls() -> SocketAddr {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = crate::tls::test_acceptor();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

@@ -13,12 +13,10 @@
 //! # Layout
 //! - this file: [`connect`], [`WsConnection`] and its halves, messages, errors;
 //! - `handshake`: the HTTP upgrade (ours, so the handshake buffer is not kept);
-//! - `stream`: plain/TLS byte streams from a source address, shared with Engine.IO polling;
-//! - `tls`: the process-wide rustls connectors.
+//! - `stream`: plain/TLS byte streams from a source address, shared with Engine.IO polling.
 
 mod handshake;
 mod stream;
-mod tls;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -7,14 +7,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use url::Url;
 
-use super::{WsError, tls};
+use super::WsError;
 use crate::net::{Resolver, connect_tcp};
+use crate::tls;
 
 /// A connected stream. TLS state is boxed: it is large, and plain streams should not pay
 /// for it in every enum.
@@ -165,12 +165,8 @@ pub(crate) async fn open_addr(
     }
     let start = Instant::now();
     let connector = tls::connector(insecure).map_err(|e| WsError::Tls(io::Error::other(e)))?;
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let name = ServerName::try_from(bare.to_owned())
-        .map_err(|_| WsError::InvalidUrl(format!("invalid tls server name {bare:?}")))?;
+    let name = tls::server_name(host)
+        .map_err(|_| WsError::InvalidUrl(format!("invalid tls server name {host:?}")))?;
     let stream = connector.connect(name, tcp).await.map_err(WsError::Tls)?;
     t.tls_handshaking = start.elapsed();
     Ok((NetStream::Tls(Box::new(stream)), t))

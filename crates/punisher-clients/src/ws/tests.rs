@@ -271,21 +271,10 @@ async fn oversized_message_is_a_protocol_error() {
 }
 
 mod tls_tests {
-    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-
     use super::*;
 
     async fn tls_server() -> (SocketAddr, mpsc::Receiver<Seen>) {
-        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = crate::tls::test_acceptor();
         serve(move |tcp| {
             let acceptor = acceptor.clone();
             async move { acceptor.accept(tcp).await.ok().map(|s| Box::new(s) as S2) }
