@@ -24,6 +24,36 @@ pub enum Command {
     Check(CheckArgs),
     /// Serve the demo TV-show backend (HTTP API + Socket.IO).
     Target(TargetArgs),
+    /// Rebuild summary.json, junit.xml and report.html of a run from its journal.
+    Report(ReportArgs),
+    /// Compare two runs' percentiles and rates; exit 1 when B regresses beyond --tolerance.
+    Compare(CompareArgs),
+    /// Wait for agents and run scenarios submitted with `punisher run --controller`.
+    Controller(crate::cluster::ControllerArgs),
+    /// Join a controller and run its share of each run (dials out; never listens).
+    Agent(crate::cluster::AgentArgs),
+    /// Control a running controller: status, watch, scale, pause, resume, stop, abort.
+    Ctl(crate::cluster::CtlArgs),
+    /// Agents on EC2 spot in every region: up, status, down, ls.
+    #[command(subcommand)]
+    Cluster(crate::cluster_aws::ClusterCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run's results folder (RESULTS/<run-id>).
+    pub run_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The baseline: a run folder or its summary.json.
+    pub a: PathBuf,
+    /// The candidate: a run folder or its summary.json.
+    pub b: PathBuf,
+    /// Allowed regression: latency higher by this many percent, error rates by this many points.
+    #[arg(long, default_value_t = 10.0, value_name = "PERCENT")]
+    pub tolerance: f64,
 }
 
 /// Flags that change a scenario's options (they override `export const options`).
@@ -79,6 +109,8 @@ pub struct RunArgs {
     /// Print no status line each second.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterRunFlags,
 }
 
 #[derive(Debug, Args)]

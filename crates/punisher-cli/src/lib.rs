@@ -8,8 +8,11 @@
 
 pub mod args;
 pub mod check;
+pub mod cluster;
+pub mod cluster_aws;
 pub mod config;
 pub mod exit;
+pub mod results;
 pub mod run;
 pub mod status;
 pub mod target;

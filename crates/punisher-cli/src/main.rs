@@ -35,6 +35,9 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
+        Command::Run(args) if args.cluster.conn.controller.is_some() => {
+            punisher_cli::cluster::run_on_controller(&args, &args.cluster, count_interrupts()).await
+        }
         Command::Run(args) => {
             let summary_json = args.summary_json.clone();
             let cfg = RunConfig::from_args(args).map_err(Failure::invalid)?;
@@ -65,17 +68,48 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             }
             Ok(exit::PASSED)
         }
+        Command::Report(args) => {
+            let text = punisher_cli::results::report(&args)?;
+            #[allow(clippy::print_stdout)] // the summary is the command's output
+            {
+                println!("{text}");
+            }
+            Ok(exit::PASSED)
+        }
+        Command::Compare(args) => {
+            let (text, regressed) = punisher_cli::results::compare_runs(&args)?;
+            #[allow(clippy::print_stdout)] // the comparison is the command's output
+            {
+                println!("{text}");
+            }
+            Ok(if regressed {
+                exit::RUN_ERROR
+            } else {
+                exit::PASSED
+            })
+        }
+        Command::Controller(args) => punisher_cli::cluster::controller(args, ctrl_c_token()).await,
+        Command::Agent(args) => punisher_cli::cluster::agent(args, ctrl_c_token()).await,
+        Command::Ctl(args) => punisher_cli::cluster::ctl(args).await,
+        Command::Cluster(command) => punisher_cli::cluster_aws::cluster(command).await,
         Command::Target(args) => {
-            let shutdown = CancellationToken::new();
-            let on_signal = shutdown.clone();
-            tokio::spawn(async move {
-                let _ = tokio::signal::ctrl_c().await;
-                on_signal.cancel();
-            });
-            punisher_cli::target::serve(args, shutdown).await?;
+            punisher_cli::target::serve(args, ctrl_c_token()).await?;
             Ok(exit::PASSED)
         }
     }
+}
+
+/// A token cancelled on the first Ctrl-C or SIGTERM.
+fn ctrl_c_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let mut interrupts = count_interrupts();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        if interrupts.changed().await.is_ok() {
+            cancel.cancel();
+        }
+    });
+    token
 }
 
 /// Counts SIGINT/SIGTERM: the run stops gracefully on the first and aborts on the second.

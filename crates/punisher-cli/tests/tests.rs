@@ -219,3 +219,4 @@ fn ctrl_c_stops_gracefully_and_still_prints_the_summary() {
         out.elapsed
     );
 }
+mod tv_show;

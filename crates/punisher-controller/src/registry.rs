@@ -1,0 +1,229 @@
+//! The agent registry's records: who joined, over which connection, what share of the
+//! current run it holds and how far its reports were accepted, and its clock offset.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use punisher_core::Segment;
+use punisher_proto::v1;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::view::AgentState;
+
+/// Messages waiting to be written to one agent's stream. Commands are rare; acks and pings
+/// come once a second, so a full queue means the agent stopped reading: it is disconnected.
+pub(crate) const AGENT_OUTBOX: usize = 1024;
+
+pub(crate) type AgentTx = mpsc::Sender<Result<v1::ControllerMessage, Status>>;
+
+/// An agent's live stream.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) tx: AgentTx,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// One agent, connected or (during a run) lost.
+pub(crate) struct Agent {
+    pub(crate) id: String,
+    pub(crate) hello: v1::Hello,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) conn: Option<Conn>,
+    pub(crate) last_seen: Instant,
+    /// When its stream ended (it has none now).
+    pub(crate) disconnected_at: Option<Instant>,
+    pub(crate) lost: bool,
+    pub(crate) clock: Clock,
+    pub(crate) assignment: Option<Assignment>,
+}
+
+/// An agent's part in the current run.
+pub(crate) struct Assignment {
+    pub(crate) run_id: String,
+    pub(crate) segment: Segment,
+    /// Its index among the run's agents.
+    pub(crate) index: usize,
+    pub(crate) loaded: bool,
+    /// The last report merged; the next one must be `accepted_seq + 1`.
+    pub(crate) accepted_seq: u64,
+    /// A report was merged since the last acknowledgement (sent after the journal write).
+    pub(crate) ack_due: bool,
+    pub(crate) finished: bool,
+    pub(crate) active_users: u64,
+    pub(crate) target_users: u64,
+    pub(crate) arrived_users: u64,
+    pub(crate) cpu_busy_max: f64,
+    pub(crate) event_loop_lag_us: u64,
+    pub(crate) reports: u64,
+    pub(crate) suspect: bool,
+    pub(crate) suspect_seconds: u64,
+}
+
+impl Assignment {
+    pub(crate) fn new(run_id: String, segment: Segment) -> Assignment {
+        Assignment {
+            run_id,
+            segment,
+            index: 0,
+            loaded: false,
+            accepted_seq: 0,
+            ack_due: false,
+            finished: false,
+            active_users: 0,
+            target_users: 0,
+            arrived_users: 0,
+            cpu_busy_max: 0.0,
+            event_loop_lag_us: 0,
+            reports: 0,
+            suspect: false,
+            suspect_seconds: 0,
+        }
+    }
+}
+
+impl Agent {
+    pub(crate) fn new(hello: v1::Hello, peer: Option<SocketAddr>, conn: Conn) -> Agent {
+        Agent {
+            id: hello.agent_id.clone(),
+            hello,
+            peer,
+            conn: Some(conn),
+            last_seen: Instant::now(),
+            disconnected_at: None,
+            lost: false,
+            clock: Clock::default(),
+            assignment: None,
+        }
+    }
+
+    pub(crate) fn cores(&self) -> u32 {
+        self.hello.capacity.as_ref().map_or(1, |c| c.cores.max(1))
+    }
+
+    /// The state shown in views; `run_loading` is whether the run still waits for loads.
+    pub(crate) fn state(&self, run_loading: bool) -> AgentState {
+        if self.lost {
+            return AgentState::Lost;
+        }
+        match &self.assignment {
+            None => AgentState::Idle,
+            Some(a) if !a.loaded => AgentState::Loading,
+            Some(_) if run_loading => AgentState::Ready,
+            Some(a) if a.finished => AgentState::Finished,
+            Some(_) => AgentState::Running,
+        }
+    }
+
+    /// Drops the connection with a reason the agent sees as the call's status.
+    pub(crate) fn disconnect(&mut self, status: Status) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.tx.try_send(Err(status));
+            conn.cancel.cancel();
+        }
+    }
+
+    /// Queues a message; an agent that stopped reading is disconnected.
+    pub(crate) fn send(&mut self, kind: v1::controller_message::Kind) -> bool {
+        let Some(conn) = &self.conn else {
+            return false;
+        };
+        match conn
+            .tx
+            .try_send(Ok(v1::ControllerMessage { kind: Some(kind) }))
+        {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(agent_id = %self.id, "agent stopped reading its stream; disconnecting it");
+                self.disconnect(Status::resource_exhausted(
+                    "the agent did not read the controller's messages",
+                ));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn view(&self, run_loading: bool, now: Instant) -> v1::AgentView {
+        let a = self.assignment.as_ref();
+        v1::AgentView {
+            agent_id: self.id.clone(),
+            hostname: self.hello.hostname.clone(),
+            region: self.hello.region.clone(),
+            state: self.state(run_loading).to_wire(),
+            capacity: self.hello.capacity,
+            segment: a.map(|a| a.segment.into()),
+            active_users: if self.lost {
+                0
+            } else {
+                a.map_or(0, |a| a.active_users)
+            },
+            cpu_busy_max: a.map_or(0.0, |a| a.cpu_busy_max),
+            event_loop_lag_us: a.map_or(0, |a| a.event_loop_lag_us),
+            suspect: a.is_some_and(|a| a.suspect),
+            clock_offset_ms: self.clock.offset_ms(),
+            rtt_ms: self.clock.rtt_ms(),
+            reports: a.map_or(0, |a| a.reports),
+            last_seen_ms_ago: now.saturating_duration_since(self.last_seen).as_millis() as u64,
+        }
+    }
+}
+
+/// Ping samples kept per agent; the one with the shortest round trip wins (NTP's
+/// minimum-delay filter: queueing only ever adds delay, and asymmetrically).
+const CLOCK_SAMPLES: usize = 8;
+
+/// The agent's clock offset from ping round trips.
+#[derive(Default)]
+pub(crate) struct Clock {
+    samples: VecDeque<(Duration, f64)>,
+}
+
+impl Clock {
+    /// One round trip: sent at `t0` (controller), seen at `t1` (agent), back at `t3`
+    /// (controller), in Unix microseconds.
+    pub(crate) fn sample(&mut self, t0: u64, t1: u64, t3: u64) {
+        if t3 < t0 {
+            return;
+        }
+        let rtt = Duration::from_micros(t3 - t0);
+        let midpoint = (t0 as f64 + t3 as f64) / 2.0;
+        let offset_ms = (t1 as f64 - midpoint) / 1000.0;
+        if self.samples.len() == CLOCK_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((rtt, offset_ms));
+    }
+
+    fn best(&self) -> Option<(Duration, f64)> {
+        self.samples.iter().copied().min_by_key(|(rtt, _)| *rtt)
+    }
+
+    pub(crate) fn offset_ms(&self) -> f64 {
+        self.best().map_or(0.0, |(_, o)| o)
+    }
+
+    pub(crate) fn rtt_ms(&self) -> f64 {
+        self.best().map_or(0.0, |(r, _)| r.as_secs_f64() * 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_offset_prefers_the_shortest_round_trip() {
+        let mut c = Clock::default();
+        // Agent 5 ms ahead; a 2 ms round trip, then a slow asymmetric one.
+        c.sample(1_000_000, 1_006_000, 1_002_000);
+        c.sample(2_000_000, 2_045_000, 2_080_000);
+        assert!((c.offset_ms() - 5.0).abs() < 1e-9, "{}", c.offset_ms());
+        assert!((c.rtt_ms() - 2.0).abs() < 1e-9);
+        c.sample(5, 0, 1); // clock went backwards: ignored
+        assert!((c.offset_ms() - 5.0).abs() < 1e-9);
+    }
+}
