@@ -109,6 +109,24 @@ pub struct RunArgs {
     /// Print no status line each second.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Where each run writes its results folder (`DIR/<run-id>/`): run.json, the journal
+    /// (timeseries.jsonl and one .hlog per trend), summary.json, junit.xml, report.html.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "results",
+        env = "PUNISHER_RESULTS_DIR"
+    )]
+    pub results_dir: PathBuf,
+    /// Write no results folder.
+    #[arg(long, env = "PUNISHER_NO_RESULTS")]
+    pub no_results: bool,
+    /// The run id, i.e. the results folder's name (default: run-<unix-seconds>-<4 hex>).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Serve the running totals in Prometheus text format on http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterRunFlags,
 }

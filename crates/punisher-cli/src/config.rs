@@ -1,6 +1,7 @@
 //! Raw flags become a validated [`RunConfig`]; nothing downstream sees clap.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -24,6 +25,40 @@ pub struct RunConfig {
     pub js_memory_limit_bytes: usize,
     /// Print a status line on stderr every second.
     pub status_lines: bool,
+    /// Where to write the run's results folder; `None` with `--no-results`.
+    pub results: Option<ResultsTarget>,
+    /// Serve the running totals in Prometheus text format here.
+    pub prometheus: Option<SocketAddr>,
+    /// The command line as given, for `run.json`.
+    pub command_line: Vec<String>,
+}
+
+/// The results folder of a run: `base/run_id/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultsTarget {
+    pub base: PathBuf,
+    pub run_id: String,
+}
+
+/// `run-<unix-seconds>-<4 hex>`: sorts by start time, and two runs started in the same
+/// second (CI matrix jobs) still get different folders.
+pub fn new_run_id() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // RandomState is seeded from the OS per process; mixing in the pid and the nanoseconds
+    // keeps two ids from one process apart too.
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("run-{secs}-{:04x}", h.finish() & 0xffff)
 }
 
 impl RunConfig {
@@ -55,6 +90,14 @@ impl RunConfig {
             source_pool,
             js_memory_limit_bytes: args.js_memory_limit << 20,
             status_lines: !args.quiet,
+            results: (!args.no_results).then(|| ResultsTarget {
+                base: args.results_dir,
+                run_id: args.run_id.unwrap_or_else(new_run_id),
+            }),
+            prometheus: args.prometheus,
+            command_line: std::env::args_os()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
         })
     }
 }
@@ -86,6 +129,17 @@ pub fn option_flags(flags: &OptionFlags) -> anyhow::Result<(Overrides, BTreeMap<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_ids_have_the_documented_shape() {
+        let id = new_run_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "run");
+        assert!(parts[1].parse::<u64>().unwrap() > 1_600_000_000, "{id}");
+        assert_eq!(parts[2].len(), 4, "{id}");
+        assert!(parts[2].chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
 
     #[test]
     fn env_flags_override_and_reject_garbage() {

@@ -12,6 +12,8 @@ pub mod cluster;
 pub mod cluster_aws;
 pub mod config;
 pub mod exit;
+pub mod prometheus;
+mod recorder;
 pub mod results;
 pub mod run;
 pub mod status;

@@ -58,6 +58,12 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             if report.aborted_by_threshold {
                 eprintln!("the run was aborted by a threshold with abortOnFail");
             }
+            for problem in &report.results_problems {
+                eprintln!("warning: results: {problem}");
+            }
+            if let Some(dir) = &report.results_dir {
+                eprintln!("results: {}", dir.display());
+            }
             Ok(report.exit_code())
         }
         Command::Check(args) => {

@@ -5,29 +5,32 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub struct Output {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-    pub elapsed: Duration,
+pub(crate) struct Output {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) elapsed: Duration,
 }
 
-pub fn scenario(dir: &tempfile::TempDir, name: &str, source: &str) -> PathBuf {
+pub(crate) fn scenario(dir: &tempfile::TempDir, name: &str, source: &str) -> PathBuf {
     let path = dir.path().join(name);
     std::fs::write(&path, source).unwrap();
     path
 }
 
-fn command(args: &[&str]) -> Command {
+pub(crate) fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_punisher"));
+    // Runs write no results folder unless a test asks for one (the results tests remove
+    // this variable): the default `results/` would land in the source tree.
     cmd.args(args)
         .env("PUNISHER_LOG", "warn")
+        .env("PUNISHER_NO_RESULTS", "true")
         .stdin(Stdio::null());
     cmd
 }
 
 /// Runs punisher to its end (each test's scenario is bounded in time).
-pub fn punisher(args: &[&str]) -> Output {
+pub(crate) fn punisher(args: &[&str]) -> Output {
     let start = Instant::now();
     let out = command(args).output().expect("run punisher");
     Output {
@@ -40,7 +43,7 @@ pub fn punisher(args: &[&str]) -> Output {
 
 /// Starts punisher, waits for its first status line on stderr, sends SIGINT, and collects
 /// the output. The status line is the event that proves users are running.
-pub fn interrupt_after_first_status(args: &[&str]) -> Output {
+pub(crate) fn interrupt_after_first_status(args: &[&str]) -> Output {
     let start = Instant::now();
     let mut child = command(args)
         .stdout(Stdio::piped())
