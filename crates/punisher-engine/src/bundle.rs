@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::ScenarioError;
 
 /// Module names served by the engine itself rather than by the bundle.
-pub(crate) const NATIVE_MODULES: &[&str] = &["punisher", "punisher/http"];
+pub(crate) const NATIVE_MODULES: &[&str] = &[
+    "punisher",
+    "punisher/http",
+    "punisher/ws",
+    "punisher/socketio",
+];
 
 /// A scenario and everything it needs, keyed by normalised paths (as the user wrote the entry
 /// path; imports resolved against their importer).

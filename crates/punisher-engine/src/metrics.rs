@@ -21,7 +21,10 @@ const MAX_REQUEST_NAMES: usize = 1000;
 #[cfg(test)]
 const MAX_REQUEST_NAMES: usize = 20;
 pub(crate) const OVERFLOW_NAME: &str = "(too many names: use params.name)";
+/// Tag combinations remembered in [`Metrics::recent`].
+const RECENT: usize = 8;
 
+#[derive(Clone, Copy)]
 struct HttpSeries {
     reqs: SeriesId,
     duration: SeriesId,
@@ -61,10 +64,35 @@ pub(crate) struct Metrics {
     data_sent: SeriesId,
     data_received: SeriesId,
     http: HashMap<String, HttpSeries>,
+    /// The last few tag combinations and their series, compared field by field before a
+    /// map key is built and hashed: scenarios request a handful of URLs over and over, and
+    /// this keeps a repeated request to a few string compares.
+    recent: Vec<(RecentKey, HttpSeries)>,
     request_names: std::collections::HashSet<String>,
     checks: HashMap<(Rc<str>, Option<Rc<str>>), SeriesId>,
     custom: Vec<CustomDef>,
     custom_cache: HashMap<(u32, Option<Rc<str>>), SeriesId>,
+}
+
+/// An owned [`HttpTags`] plus the response facts that are tags too.
+struct RecentKey {
+    name: String,
+    method: String,
+    group: Option<String>,
+    extra: Vec<(String, String)>,
+    status: u16,
+    error: Option<&'static str>,
+}
+
+impl RecentKey {
+    fn matches(&self, tags: &HttpTags<'_>, status: u16, error: Option<&'static str>) -> bool {
+        self.status == status
+            && self.error == error
+            && self.name == tags.name
+            && self.method == tags.method
+            && self.group.as_deref() == tags.group
+            && self.extra == tags.extra
+    }
 }
 
 /// The request facts that make up an HTTP series' tags.
@@ -108,6 +136,7 @@ impl Metrics {
             data_sent,
             data_received,
             http: HashMap::new(),
+            recent: Vec::with_capacity(RECENT),
             request_names: std::collections::HashSet::new(),
             checks: HashMap::new(),
             custom: Vec::new(),
@@ -130,6 +159,51 @@ impl Metrics {
     }
 
     pub(crate) fn http(&mut self, tags: &HttpTags<'_>, resp: &Response) {
+        let status = resp.status;
+        let error = resp.error.map(|e| e.code());
+        let series = match self
+            .recent
+            .iter()
+            .find(|(k, _)| k.matches(tags, status, error))
+        {
+            Some((_, s)) => *s,
+            None => {
+                let s = self.http_lookup(tags, status, error);
+                if self.recent.len() == RECENT {
+                    self.recent.pop();
+                }
+                let key = RecentKey {
+                    name: tags.name.to_owned(),
+                    method: tags.method.to_owned(),
+                    group: tags.group.map(str::to_owned),
+                    extra: tags.extra.to_vec(),
+                    status,
+                    error,
+                };
+                self.recent.insert(0, (key, s));
+                s
+            }
+        };
+        let s = &series;
+        let t = &resp.timings;
+        let r = &mut self.recorder;
+        r.add_counter(s.reqs, 1.0);
+        r.add_trend(s.duration, ms(t.duration));
+        r.add_trend(s.blocked, ms(t.blocked));
+        r.add_trend(s.connecting, ms(t.connecting));
+        r.add_trend(s.tls_handshaking, ms(t.tls_handshaking));
+        r.add_trend(s.sending, ms(t.sending));
+        r.add_trend(s.waiting, ms(t.waiting));
+        r.add_trend(s.receiving, ms(t.receiving));
+        // k6: a request failed unless its status is 2xx or 3xx.
+        r.add_rate(s.failed, !(200..400).contains(&status));
+        r.add_counter(self.data_sent, resp.bytes_sent as f64);
+        r.add_counter(self.data_received, resp.bytes_received as f64);
+    }
+
+    /// The series of a tag combination, made on first use; names past
+    /// [`MAX_REQUEST_NAMES`] go to [`OVERFLOW_NAME`].
+    fn http_lookup(&mut self, tags: &HttpTags<'_>, status: u16, error: Option<&str>) -> HttpSeries {
         if !self.request_names.contains(tags.name) {
             if self.request_names.len() >= MAX_REQUEST_NAMES {
                 let capped = HttpTags {
@@ -142,12 +216,10 @@ impl Metrics {
                          recorded as {OVERFLOW_NAME:?}: pass params.name to group dynamic URLs"
                     );
                 }
-                return self.http(&capped, resp);
+                return self.http_lookup(&capped, status, error);
             }
             self.request_names.insert(tags.name.to_owned());
         }
-        let status = resp.status;
-        let error = resp.error.map(|e| e.code());
         let mut key = String::with_capacity(64);
         for part in [
             tags.name,
@@ -165,25 +237,12 @@ impl Metrics {
             key.push('=');
             key.push_str(v);
         }
-        if !self.http.contains_key(&key) {
-            let series = self.http_series(tags, status, error);
-            self.http.insert(key.clone(), series);
+        if let Some(s) = self.http.get(&key) {
+            return *s;
         }
-        let s = &self.http[&key];
-        let t = &resp.timings;
-        let r = &mut self.recorder;
-        r.add_counter(s.reqs, 1.0);
-        r.add_trend(s.duration, ms(t.duration));
-        r.add_trend(s.blocked, ms(t.blocked));
-        r.add_trend(s.connecting, ms(t.connecting));
-        r.add_trend(s.tls_handshaking, ms(t.tls_handshaking));
-        r.add_trend(s.sending, ms(t.sending));
-        r.add_trend(s.waiting, ms(t.waiting));
-        r.add_trend(s.receiving, ms(t.receiving));
-        // k6: a request failed unless its status is 2xx or 3xx.
-        r.add_rate(s.failed, !(200..400).contains(&status));
-        r.add_counter(self.data_sent, resp.bytes_sent as f64);
-        r.add_counter(self.data_received, resp.bytes_received as f64);
+        let series = self.http_series(tags, status, error);
+        self.http.insert(key, series);
+        series
     }
 
     fn http_series(&mut self, tags: &HttpTags<'_>, status: u16, error: Option<&str>) -> HttpSeries {

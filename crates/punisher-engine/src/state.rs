@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use punisher_clients::cookies::{CookieJar, SharedJar};
 use punisher_clients::http::{HttpClient, HttpShared};
-use rquickjs::{Context, Ctx, Function, Persistent, Value};
+use rquickjs::{Constructor, Context, Ctx, Function, Persistent, Value};
 use tokio::sync::{Notify, oneshot};
 
 use crate::barrier::BarrierHub;
@@ -72,6 +72,8 @@ pub(crate) struct VuState {
     pub(crate) done: Option<oneshot::Sender<IterationEnd>>,
     /// Whether `done` carries the function's result (setup's data).
     pub(crate) want_result: bool,
+    /// Barriers this user arrived at, told to the hub when the user departs.
+    pub(crate) barriers: Vec<Rc<str>>,
 }
 
 #[derive(Default)]
@@ -141,7 +143,8 @@ pub(crate) enum Phase {
 /// JavaScript values the worker keeps between entries.
 pub(crate) struct Hidden {
     pub(crate) runner: Persistent<Function<'static>>,
-    pub(crate) make_response: Persistent<Function<'static>>,
+    /// The `Response` constructor (bootstrap.js).
+    pub(crate) make_response: Persistent<Constructor<'static>>,
     pub(crate) default_fn: Option<Persistent<Function<'static>>>,
     pub(crate) setup_fn: Option<Persistent<Function<'static>>>,
     pub(crate) teardown_fn: Option<Persistent<Function<'static>>>,
@@ -182,6 +185,8 @@ pub(crate) struct State {
     pub(crate) active: Cell<u64>,
     /// Woken whenever a user ends, for drains.
     pub(crate) user_ended: Notify,
+    /// The users' WebSocket and Socket.IO connections.
+    pub(crate) conns: crate::js::Conns,
 }
 
 pub(crate) struct StateConfig {
@@ -215,6 +220,7 @@ impl State {
             errors_logged: RefCell::new(HashSet::new()),
             active: Cell::new(0),
             user_ended: Notify::new(),
+            conns: crate::js::Conns::new(),
         })
     }
 
@@ -256,11 +262,14 @@ impl State {
             timers: Vec::new(),
             done: None,
             want_result: false,
+            barriers: Vec::new(),
         })
     }
 
-    /// Ends a user: cancels its timers, closes its connections (by dropping its client).
+    /// Ends a user: cancels its timers, closes its connections (by dropping its client, and
+    /// its WebSocket and Socket.IO connections with a goodbye).
     pub(crate) fn remove_vu(&self, key: VuKey) {
+        self.conns.vu_ended(key);
         let vu = self.vus.borrow_mut().remove(key);
         if let Some(vu) = vu {
             let mut timers = self.timers.borrow_mut();
@@ -271,6 +280,24 @@ impl State {
             }
         }
         self.user_ended.notify_waiters();
+    }
+
+    /// Closes the user's WebSocket and Socket.IO connections, each with its goodbye (bounded
+    /// by a grace); the future holds no borrow of the state.
+    pub(crate) fn close_connections(&self, key: VuKey) -> impl std::future::Future<Output = ()> {
+        self.conns.close_vu(key)
+    }
+
+    /// A session user left the test: barriers it never reached must not wait for it.
+    pub(crate) fn depart_barriers(&self, key: VuKey) {
+        let reached = self
+            .vus
+            .borrow_mut()
+            .get_mut(key)
+            .map(|v| std::mem::take(&mut v.barriers))
+            .unwrap_or_default();
+        let names: Vec<&str> = reached.iter().map(|n| &**n).collect();
+        self.barriers.depart(&names);
     }
 
     /// The user's HTTP client, made on first use.
@@ -313,6 +340,7 @@ impl State {
     /// that holds handles is gone.
     pub(crate) fn shutdown(&self) {
         self.hidden.borrow_mut().take();
+        self.conns.shutdown();
         for (_, t) in self.timers.borrow_mut().drain() {
             t.abort.abort();
         }

@@ -294,6 +294,9 @@ pub(crate) async fn iterate(
     {
         state.log_error_once("iteration failed", err);
     }
+    // An iteration (a session) ends with the goodbyes of the WebSocket and Socket.IO
+    // connections it left open; the user counts as active until they are said.
+    state.close_connections(key).await;
     Some(end)
 }
 
@@ -439,6 +442,7 @@ fn spawn_session_user(sched: &Rc<Sched>, k: u64) {
     let key = state.add_vu(k + 1);
     tokio::task::spawn_local(async move {
         let _ = iterate(&state, key, Entry::Default, None).await;
+        state.depart_barriers(key);
         state.remove_vu(key);
         user_ended(&state);
     });

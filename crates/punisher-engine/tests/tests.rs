@@ -1,6 +1,7 @@
 //! Integration tests of the engine: scenario loading errors, executors, the JS API and the
 //! "current VU" invariant, against a tiny local HTTP server.
 
+mod sockets;
 mod util;
 
 use std::collections::BTreeMap;
@@ -547,6 +548,15 @@ export default async function () {
     'timings': (r) => r.timings.duration >= 0 && typeof r.timings.waiting === 'number',
     'no error': (r) => r.error === '',
   });
+  check(JSON.parse(JSON.stringify(r)), {
+    'response serialises whole': (j) => Object.keys(j).join() ===
+      'status,status_text,proto,headers,body,url,error,error_code,error_message,timings' &&
+      j.headers['content-type'] === 'application/json' && j.timings.duration === r.timings.duration,
+  });
+  const w = await http.get(`${__ENV.API}/plain`);
+  w.headers = 'mine';
+  w.timings = 5;
+  check(w, { 'headers and timings are writable': (w) => w.headers === 'mine' && w.timings === 5 });
   const txt = await http.get(`${__ENV.API}/plain`);
   let msg = '';
   try { txt.json(); } catch (e) { msg = e.message; }
@@ -568,7 +578,7 @@ export default async function () {
     let (passes, total) = rate_total(&totals, "checks", &[]);
     assert_eq!(
         (passes, total),
-        (7, 7),
+        (9, 9),
         "{:?}",
         totals
             .series()
@@ -581,7 +591,7 @@ export default async function () {
     );
     assert_eq!(count(&totals, "my_count"), 2.0);
     assert_eq!(count(&totals, "my_time"), 1.0);
-    assert_eq!(rate_total(&totals, "http_req_failed", &[]), (1, 3));
+    assert_eq!(rate_total(&totals, "http_req_failed", &[]), (1, 4));
     assert!(count(&totals, "data_received") > 0.0);
     let posted = srv.requests("/json");
     assert_eq!(posted[0].body, "{\"a\":1}");

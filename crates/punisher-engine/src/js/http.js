@@ -3,13 +3,19 @@
 const p = globalThis.__punisher;
 
 function request(method, url, body, params) {
-  if (body instanceof ArrayBuffer || ArrayBuffer.isView(body)) {
+  if (typeof body === 'object' && body !== null && (body instanceof ArrayBuffer || ArrayBuffer.isView(body))) {
     const bytes = ArrayBuffer.isView(body)
       ? new Uint8Array(body.buffer, body.byteOffset, body.byteLength)
       : new Uint8Array(body);
     return p.http(String(method), String(url), Array.from(bytes), params, true);
   }
-  return p.http(String(method), String(url), body, params, false);
+  return p.http(
+    typeof method === 'string' ? method : String(method),
+    typeof url === 'string' ? url : String(url),
+    body,
+    params,
+    false,
+  );
 }
 
 const http = {

@@ -158,8 +158,84 @@ fn request<'js>(
     })
 }
 
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// Timings and headers in the one string `bootstrap.js` unpacks on first read of
+/// `headers` or `timings`: the seven timings in whole nanoseconds separated by `,` (integers
+/// format far faster than floats; JS divides by 1e6), a `\n`, then `name\0value\0` for each
+/// header, names lower-cased and repeated names joined with ", " (as k6 does). One JS string
+/// instead of two objects and a property per entry.
+fn packed_details(resp: &Response) -> String {
+    let tm = &resp.timings;
+    let mut out = String::with_capacity(
+        96 + resp
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>(),
+    );
+    for (i, d) in [
+        tm.blocked,
+        tm.connecting,
+        tm.tls_handshaking,
+        tm.sending,
+        tm.waiting,
+        tm.receiving,
+        tm.duration,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        push_u64(&mut out, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+    out.push('\n');
+    for (i, (k, v)) in resp.headers.iter().enumerate() {
+        let repeat = resp.headers[..i]
+            .iter()
+            .any(|(prev, _)| prev.eq_ignore_ascii_case(k));
+        if repeat {
+            continue;
+        }
+        let start = out.len();
+        push_clean(&mut out, k);
+        out[start..].make_ascii_lowercase();
+        out.push('\0');
+        push_clean(&mut out, v);
+        for (later, more) in &resp.headers[i + 1..] {
+            if later.eq_ignore_ascii_case(k) {
+                out.push_str(", ");
+                push_clean(&mut out, more);
+            }
+        }
+        out.push('\0');
+    }
+    out
+}
+
+/// Appends `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+/// Appends `s` without NUL bytes (the separator; a parsed header never holds one).
+fn push_clean(out: &mut String, s: &str) {
+    if s.contains('\0') {
+        out.push_str(&s.replace('\0', " "));
+    } else {
+        out.push_str(s);
+    }
 }
 
 fn response_object<'js>(ctx: &Ctx<'js>, state: &State, resp: Response) -> JsResult<Object<'js>> {
@@ -172,38 +248,42 @@ fn response_object<'js>(ctx: &Ctx<'js>, state: &State, resp: Response) -> JsResu
         return Err(Exception::throw_message(ctx, "the engine is shutting down"));
     };
     let make = make.restore(ctx)?;
-    let headers = Object::new(ctx.clone())?;
-    for (k, v) in &resp.headers {
-        let k = k.to_ascii_lowercase();
-        if headers.contains_key(k.as_str())? {
-            let prev: String = headers.get(k.as_str())?;
-            headers.set(k, format!("{prev}, {v}"))?;
-        } else {
-            headers.set(k, v.as_str())?;
-        }
-    }
     let body = rquickjs::String::from_str(ctx.clone(), &String::from_utf8_lossy(&resp.body))?;
     let error = resp.error.map(|e| e.code()).unwrap_or("");
-    let tm = &resp.timings;
-    let mut args = rquickjs::function::Args::new(ctx.clone(), 15);
+    let mut args = rquickjs::function::Args::new(ctx.clone(), 8);
     args.push_arg(resp.status)?;
     args.push_arg(resp.status_text.as_str())?;
     args.push_arg(resp.proto)?;
-    args.push_arg(headers)?;
+    args.push_arg(packed_details(&resp).as_str())?;
     args.push_arg(body)?;
     args.push_arg(resp.url.as_str())?;
     args.push_arg(error)?;
     args.push_arg(resp.error_message.as_deref().unwrap_or(""))?;
-    for d in [
-        tm.blocked,
-        tm.connecting,
-        tm.tls_handshaking,
-        tm.sending,
-        tm.waiting,
-        tm.receiving,
-        tm.duration,
-    ] {
-        args.push_arg(ms(d))?;
+    make.construct_args(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn details_pack_timings_and_merged_lowercase_headers() {
+        let mut resp = Response {
+            status: 200,
+            ..Default::default()
+        };
+        resp.timings.waiting = Duration::from_nanos(1_500_000);
+        resp.timings.duration = Duration::from_secs(2);
+        resp.headers = vec![
+            ("Set-Cookie".into(), "a=1".into()),
+            ("X-Odd".into(), "nul\0inside".into()),
+            ("set-cookie".into(), "b=2".into()),
+        ];
+        assert_eq!(
+            packed_details(&resp),
+            "0,0,0,0,1500000,0,2000000000\nset-cookie\0a=1, b=2\0x-odd\0nul inside\0"
+        );
     }
-    make.call_arg(args)
 }

@@ -6,8 +6,13 @@
 //! hidden native object `__punisher`; they are declared from source on every import, so
 //! several contexts of one runtime can import them (rquickjs's `ModuleLoader` would not).
 
+mod conns;
 mod http;
 mod natives;
+mod socketio;
+mod ws;
+
+pub(crate) use conns::Conns;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -15,7 +20,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rquickjs::loader::{ImportAttributes, Loader, Resolver};
-use rquickjs::{Context, Ctx, Exception, Function, Module, Object, Persistent, Runtime, Value};
+use rquickjs::{
+    Constructor, Context, Ctx, Exception, Function, Module, Object, Persistent, Runtime, Value,
+};
 
 use crate::bundle::{Bundle, NATIVE_MODULES, is_relative, resolve};
 use crate::control::Control;
@@ -25,6 +32,8 @@ use crate::state::{Hidden, Phase, State, StateConfig};
 const BOOTSTRAP_JS: &str = include_str!("bootstrap.js");
 const PUNISHER_JS: &str = include_str!("punisher.js");
 const HTTP_JS: &str = include_str!("http.js");
+const WS_JS: &str = include_str!("ws.js");
+const SOCKETIO_JS: &str = include_str!("socketio.js");
 
 /// How long init code may run before `inspect` gives up on it.
 pub(crate) const INIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,7 +114,10 @@ impl Host {
             let out: Object<'_> = boot.call((p,))?;
             Ok(Hidden {
                 runner: Persistent::save(&ctx, out.get::<_, Function<'_>>("runner")?),
-                make_response: Persistent::save(&ctx, out.get::<_, Function<'_>>("makeResponse")?),
+                make_response: Persistent::save(
+                    &ctx,
+                    out.get::<_, Constructor<'_>>("makeResponse")?,
+                ),
                 default_fn: None,
                 setup_fn: None,
                 teardown_fn: None,
@@ -214,6 +226,7 @@ fn evaluate_in<'js>(
             message: e.to_string(),
         })?
     };
+    state.conns.configure(&options);
     let info = ModuleInfo {
         options,
         has_setup: setup_fn.is_some(),
@@ -281,6 +294,8 @@ impl Loader for BundleLoader {
         let source = match name {
             "punisher" => PUNISHER_JS,
             "punisher/http" => HTTP_JS,
+            "punisher/ws" => WS_JS,
+            "punisher/socketio" => SOCKETIO_JS,
             _ => match self.bundle.sources.get(name) {
                 Some(s) => s.as_str(),
                 None => {

@@ -148,6 +148,13 @@ pub(super) fn install<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> JsResult<Object
                     _ => None,
                 };
                 let arrive = s.barriers.arrive(&name);
+                // Remembered so that the hub learns, when this user leaves, which barriers
+                // it passed (the others stop waiting for it).
+                if let Some(key) = s.current.get()
+                    && let Some(v) = s.vus.borrow_mut().get_mut(key)
+                {
+                    v.barriers.push(name.as_str().into());
+                }
                 let fut = async move {
                     match timeout {
                         Some(t) => match tokio::time::timeout(t, arrive).await {
@@ -220,6 +227,8 @@ pub(super) fn install<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> JsResult<Object
     )?;
 
     super::http::install(ctx, state, &p)?;
+    super::ws::install(ctx, state, &p)?;
+    super::socketio::install(ctx, state, &p)?;
 
     // Timers.
     for (name, repeat) in [("setTimeout", false), ("setInterval", true)] {
