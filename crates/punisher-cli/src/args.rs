@@ -41,7 +41,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The run's results folder (RESULTS/<run-id>).
+    /// The run's results folder (RESULTS/RUN-ID).
     pub run_dir: PathBuf,
 }
 
@@ -121,7 +121,7 @@ pub struct RunArgs {
     /// Write no results folder.
     #[arg(long, env = "PUNISHER_NO_RESULTS")]
     pub no_results: bool,
-    /// The run id, i.e. the results folder's name (default: run-<unix-seconds>-<4 hex>).
+    /// The run id, i.e. the results folder's name (default: run-SECONDS-XXXX, unix seconds and 4 hex digits).
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
     /// Serve the running totals in Prometheus text format on http://ADDR/metrics.

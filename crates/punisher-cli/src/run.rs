@@ -1,7 +1,7 @@
 //! `punisher run` on this machine: load and check the scenario, start the engine, merge
 //! the workers' interval snapshots every second, evaluate thresholds live and at the end,
 //! print the summary and choose the exit code. Each merged second, aligned on wall-clock
-//! seconds, goes to the run's results folder ([`crate::recorder`]) and to the Prometheus
+//! seconds, goes to the run's results folder (the `recorder` module) and to the Prometheus
 //! endpoint ([`crate::prometheus`]) when they are on.
 
 use std::collections::BTreeMap;
