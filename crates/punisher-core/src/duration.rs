@@ -163,3 +163,87 @@ mod tests {
         }
     }
 }
+
+/// Serde for [`Duration`] as users write it (`"1m30s"`, `"250ms"`), so that plans in
+/// `run.json`, reports and on the wire read like the options they came from. Durations
+/// that are not whole milliseconds are written in nanoseconds, so nothing is lost.
+pub mod serde_human {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_text(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        super::parse_duration_value(&value).map_err(serde::de::Error::custom)
+    }
+
+    pub(crate) fn to_text(d: Duration) -> String {
+        if d.subsec_nanos() % 1_000_000 == 0 {
+            super::format_duration(d)
+        } else {
+            format!("{}ns", d.as_nanos())
+        }
+    }
+
+    /// The same for `Option<Duration>`.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_str(&super::to_text(*d)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            let value = Option::<serde_json::Value>::deserialize(d)?;
+            value
+                .map(|v| super::super::parse_duration_value(&v).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use std::time::Duration;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Holder {
+        #[serde(with = "super::serde_human")]
+        d: Duration,
+        #[serde(with = "super::serde_human::option", default)]
+        o: Option<Duration>,
+    }
+
+    #[test]
+    fn durations_serialize_as_users_write_them_and_round_trip_exactly() {
+        for (d, text) in [
+            (Duration::from_millis(90_500), "1m30.5s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_nanos(1_500_001), "1500001ns"),
+            (Duration::ZERO, "0us"),
+        ] {
+            let holder = Holder { d, o: Some(d) };
+            let json = serde_json::to_string(&holder).unwrap();
+            assert_eq!(json, format!("{{\"d\":\"{text}\",\"o\":\"{text}\"}}"));
+            assert_eq!(serde_json::from_str::<Holder>(&json).unwrap(), holder);
+        }
+        let none: Holder = serde_json::from_str("{\"d\":1500,\"o\":null}").unwrap();
+        assert_eq!(
+            none,
+            Holder {
+                d: Duration::from_millis(1500),
+                o: None
+            }
+        );
+    }
+}

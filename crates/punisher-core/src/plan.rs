@@ -38,6 +38,7 @@ fn invalid(option: &str, message: impl Into<String>) -> PlanError {
 /// One step of a ramping executor: reach `target` linearly over `duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
+    #[serde(with = "crate::duration::serde_human")]
     pub duration: Duration,
     pub target: u64,
 }
@@ -49,17 +50,25 @@ pub enum Executor {
     /// Users arrive evenly over `ramp_up`; each runs the default function once (a session).
     SessionUsers {
         users: u64,
+        #[serde(with = "crate::duration::serde_human")]
         ramp_up: Duration,
+        #[serde(with = "crate::duration::serde_human::option")]
         max_duration: Option<Duration>,
     },
     /// `vus` looping users for `duration`.
-    ConstantVus { vus: u64, duration: Duration },
+    ConstantVus {
+        vus: u64,
+        #[serde(with = "crate::duration::serde_human")]
+        duration: Duration,
+    },
     /// Looping users whose number follows `stages` linearly, from `start_vus`.
     RampingVus { start_vus: u64, stages: Vec<Stage> },
     /// An open model: `rate` iterations per `time_unit`, each on a free pre-allocated user.
     ConstantArrivalRate {
         rate: f64,
+        #[serde(with = "crate::duration::serde_human")]
         time_unit: Duration,
+        #[serde(with = "crate::duration::serde_human")]
         duration: Duration,
         pre_allocated_vus: u64,
         max_vus: u64,
@@ -169,6 +178,7 @@ pub struct ThresholdSpec {
     /// The expression: `p(95)<200`, `rate<0.01`, `count>0`.
     pub expression: String,
     pub abort_on_fail: bool,
+    #[serde(with = "crate::duration::serde_human::option")]
     pub delay_abort_eval: Option<Duration>,
 }
 
@@ -180,6 +190,7 @@ pub struct HttpOptions {
     /// Response bytes kept per body; the rest is read, counted and discarded.
     pub max_body_bytes: u64,
     /// Default request timeout.
+    #[serde(with = "crate::duration::serde_human")]
     pub timeout: Duration,
     pub insecure_skip_tls_verify: bool,
 }
@@ -191,8 +202,11 @@ pub struct Plan {
     pub thresholds: Vec<ThresholdSpec>,
     pub http: HttpOptions,
     /// Time that in-flight iterations get to finish when the schedule ends or a stop is asked.
+    #[serde(with = "crate::duration::serde_human")]
     pub graceful_stop: Duration,
+    #[serde(with = "crate::duration::serde_human")]
     pub setup_timeout: Duration,
+    #[serde(with = "crate::duration::serde_human")]
     pub teardown_timeout: Duration,
     /// Options we did not recognise: shown as warnings, never fatal (k6 ignores them too).
     pub unknown_options: Vec<String>,
@@ -766,6 +780,19 @@ mod tests {
         assert_eq!(p.thresholds.len(), 3);
         let abort = p.thresholds.iter().find(|t| t.abort_on_fail).unwrap();
         assert_eq!(abort.delay_abort_eval, Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn plans_serialize_durations_as_users_write_them_and_round_trip() {
+        let p = plan(json!({"users": 10, "rampUp": "1m30s", "duration": "2m",
+            "thresholds": {"checks": [{"threshold": "rate>0.9", "delayAbortEval": "10s"}]}}))
+        .unwrap();
+        let text = serde_json::to_value(&p).unwrap();
+        assert_eq!(text["executor"]["ramp_up"], "1m30s");
+        assert_eq!(text["executor"]["max_duration"], "2m");
+        assert_eq!(text["graceful_stop"], "30s");
+        assert_eq!(text["http"]["timeout"], "1m");
+        assert_eq!(serde_json::from_value::<Plan>(text).unwrap(), p);
     }
 
     #[test]
