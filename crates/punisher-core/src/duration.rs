@@ -182,7 +182,7 @@ pub mod serde_human {
     }
 
     pub(crate) fn to_text(d: Duration) -> String {
-        if d.subsec_nanos() % 1_000_000 == 0 {
+        if d.subsec_nanos().is_multiple_of(1_000_000) {
             super::format_duration(d)
         } else {
             format!("{}ns", d.as_nanos())
