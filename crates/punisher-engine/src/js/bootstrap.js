@@ -13,6 +13,90 @@
     }
   };
   const fmt = (args) => args.map(show).join(' ');
+  // Calls a user's event handler; a throw or a rejected promise is counted against the
+  // connection, never thrown into the engine.
+  const callHandler = (f, self, args) => {
+    try {
+      const r = f.apply(self, args);
+      if (r !== null && typeof r === 'object' && typeof r.then === 'function') {
+        r.then(undefined, (e) => p.connError(e));
+      }
+    } catch (e) {
+      p.connError(e);
+    }
+  };
+  // The event emitter of `punisher/ws` connections and `punisher/socketio` sockets.
+  // Handlers are kept as one function or an array, since most events have one.
+  class Emitter {
+    constructor(kind) {
+      this._kind = kind;
+      this._h = null;
+    }
+
+    on(ev, fn) {
+      if (typeof fn !== 'function') throw new TypeError(`${this._kind}.on("${ev}"): the handler must be a function`);
+      const h = this._h || (this._h = Object.create(null));
+      const cur = h[ev];
+      if (cur === undefined) h[ev] = fn;
+      else if (typeof cur === 'function') h[ev] = [cur, fn];
+      else cur.push(fn);
+      return this;
+    }
+
+    once(ev, fn) {
+      const w = (...a) => {
+        this.off(ev, w);
+        return fn.apply(this, a);
+      };
+      w.fn = fn;
+      return this.on(ev, w);
+    }
+
+    off(ev, fn) {
+      const h = this._h;
+      if (h === null) return this;
+      if (ev === undefined) {
+        this._h = null;
+        return this;
+      }
+      const cur = h[ev];
+      if (cur === undefined) return this;
+      if (fn === undefined || cur === fn || cur.fn === fn) {
+        delete h[ev];
+      } else if (Array.isArray(cur)) {
+        const i = cur.findIndex((f) => f === fn || f.fn === fn);
+        if (i >= 0) cur.splice(i, 1);
+        if (cur.length === 1) h[ev] = cur[0];
+      }
+      return this;
+    }
+
+    removeListener(ev, fn) {
+      return this.off(ev, fn);
+    }
+
+    removeAllListeners(ev) {
+      return this.off(ev);
+    }
+
+    listeners(ev) {
+      const cur = this._h && this._h[ev];
+      return cur === undefined || cur === null ? [] : typeof cur === 'function' ? [cur] : cur.slice();
+    }
+
+    hasListeners(ev) {
+      return this.listeners(ev).length > 0;
+    }
+
+    _fire(ev, args) {
+      const cur = this._h && this._h[ev];
+      if (cur === undefined || cur === null) return;
+      if (typeof cur === 'function') callHandler(cur, this, args);
+      else for (const f of cur.slice()) callHandler(f, this, args);
+    }
+  }
+  Object.defineProperty(p, 'Emitter', { value: Emitter, enumerable: false });
+  Object.defineProperty(p, 'callHandler', { value: callHandler, enumerable: false });
   globalThis.console = {
     log: (...a) => p.log(1, fmt(a)),
     info: (...a) => p.log(1, fmt(a)),

@@ -48,25 +48,16 @@ function encode(args) {
 
 const ms = (v, what) => p.durationMs(v, what);
 
-function call(f, self, args) {
-  try {
-    const r = f.apply(self, args);
-    if (r !== null && typeof r === 'object' && typeof r.then === 'function') {
-      r.then(undefined, (e) => p.connError(e));
-    }
-  } catch (e) {
-    p.connError(e);
-  }
-}
+const call = p.callHandler;
 
 function label(v) {
   return typeof v === 'number' ? `${v}ms` : String(v);
 }
 
-class Socket {
+class Socket extends p.Emitter {
   constructor(c, id, transport, nsp, reconnects) {
+    super('socket');
     this._c = c;
-    this._h = null;
     this._t = undefined;
     this._r = reconnects;
     this.id = id;
@@ -77,68 +68,6 @@ class Socket {
 
   get disconnected() {
     return !this.connected;
-  }
-
-  on(ev, fn) {
-    if (typeof fn !== 'function') throw new TypeError(`socket.on("${ev}"): the handler must be a function`);
-    const h = this._h || (this._h = Object.create(null));
-    const cur = h[ev];
-    if (cur === undefined) h[ev] = fn;
-    else if (typeof cur === 'function') h[ev] = [cur, fn];
-    else cur.push(fn);
-    return this;
-  }
-
-  once(ev, fn) {
-    const w = (...a) => {
-      this.off(ev, w);
-      return fn.apply(this, a);
-    };
-    w.fn = fn;
-    return this.on(ev, w);
-  }
-
-  off(ev, fn) {
-    const h = this._h;
-    if (h === null) return this;
-    if (ev === undefined) {
-      this._h = null;
-      return this;
-    }
-    const cur = h[ev];
-    if (cur === undefined) return this;
-    if (fn === undefined || cur === fn || cur.fn === fn) {
-      delete h[ev];
-    } else if (Array.isArray(cur)) {
-      const i = cur.findIndex((f) => f === fn || f.fn === fn);
-      if (i >= 0) cur.splice(i, 1);
-      if (cur.length === 1) h[ev] = cur[0];
-    }
-    return this;
-  }
-
-  removeListener(ev, fn) {
-    return this.off(ev, fn);
-  }
-
-  removeAllListeners(ev) {
-    return this.off(ev);
-  }
-
-  listeners(ev) {
-    const cur = this._h && this._h[ev];
-    return cur === undefined || cur === null ? [] : typeof cur === 'function' ? [cur] : cur.slice();
-  }
-
-  hasListeners(ev) {
-    return this.listeners(ev).length > 0;
-  }
-
-  _fire(ev, args) {
-    const cur = this._h && this._h[ev];
-    if (cur === undefined || cur === null) return;
-    if (typeof cur === 'function') call(cur, this, args);
-    else for (const f of cur.slice()) call(f, this, args);
   }
 
   // Flags the next emit with an ack timeout (socket.io-client's `socket.timeout(ms)`).

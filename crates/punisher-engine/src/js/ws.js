@@ -5,17 +5,6 @@ const p = globalThis.__punisher;
 
 const conns = new Map();
 
-function call(f, self, args) {
-  try {
-    const r = f.apply(self, args);
-    if (r !== null && typeof r === 'object' && typeof r.then === 'function') {
-      r.then(undefined, (e) => p.connError(e));
-    }
-  } catch (e) {
-    p.connError(e);
-  }
-}
-
 function pairs(o) {
   if (o === undefined || o === null) return [];
   return Object.keys(o).map((k) => [k, String(o[k])]);
@@ -26,50 +15,14 @@ const OPEN = 1;
 const CLOSING = 2;
 const CLOSED = 3;
 
-class WebSocket {
+class WebSocket extends p.Emitter {
   constructor(c, url, status, protocol) {
+    super('ws');
     this._c = c;
-    this._h = null;
     this.url = url;
     this.status = status;
     this.protocol = protocol;
     this.readyState = OPEN;
-  }
-
-  on(ev, fn) {
-    if (typeof fn !== 'function') throw new TypeError(`ws.on("${ev}"): the handler must be a function`);
-    const h = this._h || (this._h = Object.create(null));
-    const cur = h[ev];
-    if (cur === undefined) h[ev] = fn;
-    else if (typeof cur === 'function') h[ev] = [cur, fn];
-    else cur.push(fn);
-    return this;
-  }
-
-  off(ev, fn) {
-    const h = this._h;
-    if (h === null) return this;
-    if (ev === undefined) {
-      this._h = null;
-      return this;
-    }
-    const cur = h[ev];
-    if (cur === undefined) return this;
-    if (fn === undefined || cur === fn) {
-      delete h[ev];
-    } else if (Array.isArray(cur)) {
-      const i = cur.indexOf(fn);
-      if (i >= 0) cur.splice(i, 1);
-      if (cur.length === 1) h[ev] = cur[0];
-    }
-    return this;
-  }
-
-  _fire(ev, args) {
-    const cur = this._h && this._h[ev];
-    if (cur === undefined || cur === null) return;
-    if (typeof cur === 'function') call(cur, this, args);
-    else for (const f of cur.slice()) call(f, this, args);
   }
 
   // Text as a string; binary as an ArrayBuffer or a typed array.
