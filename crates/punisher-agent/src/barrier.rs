@@ -1,6 +1,12 @@
-//! The agent's [`BarrierHub`]: arrivals are counted here and forwarded to the controller
-//! (as cumulative counts, so a resend after a reconnect counts nobody twice); users wait
-//! until the controller releases the barrier on every agent at once.
+//! The agent's [`BarrierHub`]: arrivals and departures are counted here and forwarded to
+//! the controller (as cumulative counts, so a resend after a reconnect counts nobody twice);
+//! users wait until the controller releases the barrier on every agent at once.
+//!
+//! A user that leaves the test (its iteration ended or failed) is a departure: barriers it
+//! never reached stop waiting for it, on every agent, as with the local hub. Departures
+//! travel as one snapshot (users departed, and per barrier how many of them had arrived
+//! there) taken under the same lock as the arrivals, so that the controller never counts
+//! a user both as arrived and as departed-without-arriving.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -8,6 +14,8 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 use punisher_engine::{BarrierError, BarrierHub};
+use punisher_proto::v1;
+use punisher_proto::v1::agent_message::Kind as Msg;
 use tokio::sync::{Notify, watch};
 
 #[derive(Debug)]
@@ -15,6 +23,8 @@ struct Gate {
     arrived: u64,
     /// The count the controller was last told.
     sent: u64,
+    /// Departed users that had arrived here (cumulative).
+    arrived_then_departed: u64,
     open: watch::Sender<bool>,
 }
 
@@ -23,7 +33,75 @@ impl Gate {
         Gate {
             arrived: 0,
             sent: 0,
+            arrived_then_departed: 0,
             open: watch::Sender::new(false),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Gates {
+    by_name: HashMap<String, Gate>,
+    /// Users of this agent that left the test (cumulative).
+    departed: u64,
+    /// The departure count the controller was last told.
+    departed_sent: u64,
+}
+
+/// Departures as the controller gets them: users departed, and per barrier how many of
+/// them had arrived there (cumulative counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Departures {
+    pub(crate) departed: u64,
+    pub(crate) arrived_then_departed: Vec<(String, u64)>,
+}
+
+/// What to tell the controller, in this order: arrivals first, then departures (a user
+/// that arrived and left is then never counted twice, only briefly not at all).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub(crate) arrivals: Vec<(String, u64)>,
+    pub(crate) departures: Option<Departures>,
+}
+
+impl Changes {
+    /// The messages that carry these changes, in the order they must be sent.
+    pub(crate) fn into_messages(self, run_id: &str) -> Vec<Msg> {
+        let mut messages: Vec<Msg> = self
+            .arrivals
+            .into_iter()
+            .map(|(name, arrived)| {
+                Msg::BarrierArrive(v1::BarrierArrive {
+                    run_id: run_id.to_owned(),
+                    name,
+                    arrived,
+                })
+            })
+            .collect();
+        if let Some(d) = self.departures {
+            messages.push(Msg::BarrierDepart(v1::BarrierDepart {
+                run_id: run_id.to_owned(),
+                departed: d.departed,
+                arrived_then_departed: d.arrived_then_departed.into_iter().collect(),
+            }));
+        }
+        messages
+    }
+}
+
+impl Gates {
+    fn departures(&mut self) -> Departures {
+        self.departed_sent = self.departed;
+        let mut arrived_then_departed: Vec<(String, u64)> = self
+            .by_name
+            .iter()
+            .filter(|(_, g)| g.arrived_then_departed > 0)
+            .map(|(name, g)| (name.clone(), g.arrived_then_departed))
+            .collect();
+        arrived_then_departed.sort();
+        Departures {
+            departed: self.departed,
+            arrived_then_departed,
         }
     }
 }
@@ -32,46 +110,59 @@ impl Gate {
 /// its own runtime); `Notify` and `watch` work across runtimes.
 #[derive(Debug, Default)]
 pub(crate) struct RemoteBarrierHub {
-    gates: Mutex<HashMap<String, Gate>>,
-    /// Fired on every arrival: the agent's loop then sends the new counts.
+    gates: Mutex<Gates>,
+    /// Fired on every arrival and departure: the agent's loop then sends the new counts.
     pub(crate) changed: Notify,
 }
 
 impl RemoteBarrierHub {
     /// Counts not yet sent to the controller; marks them sent.
-    pub(crate) fn take_changes(&self) -> Vec<(String, u64)> {
+    pub(crate) fn take_changes(&self) -> Changes {
         let Ok(mut gates) = self.gates.lock() else {
-            return Vec::new();
+            return Changes::default();
         };
-        gates
+        let arrivals = gates
+            .by_name
             .iter_mut()
             .filter(|(_, g)| g.arrived != g.sent)
             .map(|(name, g)| {
                 g.sent = g.arrived;
                 (name.clone(), g.arrived)
             })
-            .collect()
+            .collect();
+        let departures = (gates.departed != gates.departed_sent).then(|| gates.departures());
+        Changes {
+            arrivals,
+            departures,
+        }
     }
 
-    /// Every count of a barrier not yet released (after a reconnect).
-    pub(crate) fn pending(&self) -> Vec<(String, u64)> {
+    /// Every count of a barrier not yet released, and the departures (after a reconnect).
+    pub(crate) fn pending(&self) -> Changes {
         let Ok(mut gates) = self.gates.lock() else {
-            return Vec::new();
+            return Changes::default();
         };
-        gates
+        let arrivals = gates
+            .by_name
             .iter_mut()
             .filter(|(_, g)| !*g.open.borrow())
             .map(|(name, g)| {
                 g.sent = g.arrived;
                 (name.clone(), g.arrived)
             })
-            .collect()
+            .collect();
+        let departures = (gates.departed > 0).then(|| gates.departures());
+        Changes {
+            arrivals,
+            departures,
+        }
     }
 
     /// The controller released `name`: everyone waiting (and arriving later) passes.
     pub(crate) fn release(&self, name: &str) {
         if let Ok(mut gates) = self.gates.lock() {
             gates
+                .by_name
                 .entry(name.to_owned())
                 .or_insert_with(Gate::new)
                 .open
@@ -84,7 +175,10 @@ impl BarrierHub for RemoteBarrierHub {
     fn arrive(&self, name: &str) -> Pin<Box<dyn Future<Output = Result<(), BarrierError>> + Send>> {
         let rx = match self.gates.lock() {
             Ok(mut gates) => {
-                let gate = gates.entry(name.to_owned()).or_insert_with(Gate::new);
+                let gate = gates
+                    .by_name
+                    .entry(name.to_owned())
+                    .or_insert_with(Gate::new);
                 gate.arrived += 1;
                 gate.open.subscribe()
             }
@@ -103,6 +197,19 @@ impl BarrierHub for RemoteBarrierHub {
                 .map_err(|_| BarrierError::Cancelled(name))
         })
     }
+
+    fn depart(&self, reached: &[&str]) {
+        if let Ok(mut gates) = self.gates.lock() {
+            gates.departed += 1;
+            for name in reached {
+                // A gate the user reached exists: it was created by that arrival.
+                if let Some(gate) = gates.by_name.get_mut(*name) {
+                    gate.arrived_then_departed += 1;
+                }
+            }
+        }
+        self.changed.notify_one();
+    }
 }
 
 #[cfg(test)]
@@ -116,15 +223,53 @@ mod tests {
         let a = hub.arrive("x");
         let b = hub.arrive("x");
         hub.changed.notified().await; // a permit was stored by the arrivals
-        assert_eq!(hub.take_changes(), vec![("x".to_owned(), 2)]);
-        assert!(hub.take_changes().is_empty());
-        assert_eq!(hub.pending(), vec![("x".to_owned(), 2)]);
+        assert_eq!(hub.take_changes().arrivals, vec![("x".to_owned(), 2)]);
+        assert_eq!(hub.take_changes(), Changes::default());
+        assert_eq!(hub.pending().arrivals, vec![("x".to_owned(), 2)]);
         let waiting = tokio::spawn(async move { a.await.and(b.await) });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         hub.release("x");
         waiting.await.unwrap().unwrap();
         hub.arrive("x").await.unwrap();
-        assert!(hub.pending().is_empty());
+        assert_eq!(hub.pending(), Changes::default());
+    }
+
+    #[tokio::test]
+    async fn departures_travel_with_the_barriers_the_users_had_reached() {
+        let hub = Arc::new(RemoteBarrierHub::default());
+        let _a = hub.arrive("x");
+        let _b = hub.arrive("x");
+        assert_eq!(hub.take_changes().arrivals, vec![("x".to_owned(), 2)]);
+        // One user had reached x and leaves; one leaves without reaching anything.
+        hub.depart(&["x"]);
+        hub.depart(&[]);
+        hub.changed.notified().await;
+        let changes = hub.take_changes();
+        assert!(changes.arrivals.is_empty());
+        assert_eq!(
+            changes.departures,
+            Some(Departures {
+                departed: 2,
+                arrived_then_departed: vec![("x".to_owned(), 1)],
+            })
+        );
+        // Nothing new: nothing to send; after a reconnect, everything again.
+        assert_eq!(hub.take_changes(), Changes::default());
+        let pending = hub.pending();
+        assert_eq!(pending.arrivals, vec![("x".to_owned(), 2)]);
+        assert_eq!(pending.departures.map(|d| d.departed), Some(2));
+        // An arrival and a departure in one flush come as one snapshot, arrivals first.
+        let _c = hub.arrive("y");
+        hub.depart(&["y"]);
+        let changes = hub.take_changes();
+        assert_eq!(changes.arrivals, vec![("y".to_owned(), 1)]);
+        assert_eq!(
+            changes.departures,
+            Some(Departures {
+                departed: 3,
+                arrived_then_departed: vec![("x".to_owned(), 1), ("y".to_owned(), 1)],
+            })
+        );
     }
 }

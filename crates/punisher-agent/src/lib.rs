@@ -8,6 +8,12 @@
 //! - `runner`: one run in the engine (load, start at the common instant, per-second reports).
 //! - `barrier`: the engine's `BarrierHub` backed by the controller.
 //! - `capacity`: cores, open-file limit, memory, host name.
+//! - [`imds`]: spot interruption notices (IMDSv2) and the instance's identity.
+//!
+//! On a spot interruption notice ([`AgentConfig::spot`]) the agent stops its arrivals, lets
+//! running users finish for `drain`, sends its final report marked `departing` with the
+//! shares it did not start (the controller gives them to the other agents), waits until the
+//! controller acknowledged it, says Goodbye and exits with [`AgentExit::SpotInterruption`].
 //!
 //! Reports are numbered per run and kept until the controller acknowledged them; after a
 //! reconnect the unacknowledged ones are sent again, in order, and the controller counts
@@ -15,6 +21,7 @@
 
 mod barrier;
 mod capacity;
+pub mod imds;
 mod runner;
 
 use std::collections::VecDeque;
@@ -25,8 +32,8 @@ use punisher_engine::EngineCommand;
 use punisher_proto::transport::{TokenInterceptor, agent_client};
 use punisher_proto::v1::agent_message::Kind as Msg;
 use punisher_proto::v1::controller_message::Kind as Cmd;
-use punisher_proto::{ClientSecurity, ConnectError, Refusal, v1};
-use tokio::sync::mpsc;
+use punisher_proto::{ClientSecurity, ConnectError, Refusal, convert, v1};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,6 +55,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// How long a cancelled agent waits for the controller to close the stream after Goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+/// After a spot notice and the drain, this long at most for the final report's
+/// acknowledgement before the Goodbye (EC2 gives two minutes in all).
+const LEAVE_SLACK: Duration = Duration::from_secs(10);
 
 /// Where the agent runs, when known (cloud metadata); empty strings otherwise.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +88,20 @@ pub struct AgentConfig {
     /// QuickJS heap limit per worker; 0 for none.
     pub memory_limit_bytes: usize,
     pub labels: AgentLabels,
+    /// Watch for spot interruption notices; `None`: never (not on EC2 spot).
+    pub spot: Option<SpotWatch>,
+}
+
+/// Where and how often to look for a spot interruption notice.
+#[derive(Debug, Clone)]
+pub struct SpotWatch {
+    /// The instance metadata service: [`imds::DEFAULT_BASE_URL`] on EC2.
+    pub imds_url: String,
+    /// Poll interval ([`imds::DEFAULT_INTERVAL`]: 5 s).
+    pub interval: Duration,
+    /// After a notice, running users get this long to finish before they are interrupted
+    /// (keep it well under the two minutes EC2 gives).
+    pub drain: Duration,
 }
 
 /// Why the agent ended normally.
@@ -85,6 +111,8 @@ pub enum AgentExit {
     Cancelled,
     /// `--ttl` ran out.
     TtlExpired,
+    /// EC2 announced a spot interruption: the agent drained, reported and said Goodbye.
+    SpotInterruption,
 }
 
 /// Why the agent gave up: nothing a retry could fix.
@@ -180,6 +208,7 @@ impl Current {
 /// What woke the agent's loop.
 enum Event {
     Controller(Result<Option<v1::ControllerMessage>, Status>),
+    Spot(Option<imds::SpotNotice>),
     Loaded(Result<LoadedRun, String>),
     Report(Option<RunnerReport>),
     Barrier,
@@ -203,6 +232,21 @@ struct Agent {
     current: Option<Current>,
     last_heard: Instant,
     deadline: Option<Instant>,
+    /// The spot watcher's answer; `None` when not watching (or answered).
+    spot: Option<oneshot::Receiver<imds::SpotNotice>>,
+    /// Stops the spot watcher when the agent ends.
+    _spot_guard: Option<tokio_util::sync::DropGuard>,
+    /// Set by a spot notice: the agent drains, reports and exits.
+    leaving: Option<Leaving>,
+}
+
+/// An agent on its way out.
+struct Leaving {
+    reason: String,
+    /// When the notice came: arrivals stopped then.
+    since_unix_ms: u64,
+    /// Goodbye by then, whatever is unacknowledged.
+    deadline: Instant,
 }
 
 /// Runs the agent until it is cancelled, its TTL runs out, or the controller refuses it.
@@ -211,6 +255,11 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
     if cfg.controller_timeout.is_zero() {
         return Err(AgentError::Config(
             "--controller-timeout must be longer than 0".into(),
+        ));
+    }
+    if cfg.spot.as_ref().is_some_and(|s| s.interval.is_zero()) {
+        return Err(AgentError::Config(
+            "the spot notice poll interval must be longer than 0".into(),
         ));
     }
     let hostname = capacity::hostname();
@@ -222,7 +271,24 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
         )
     });
     let workers = cfg.workers.unwrap_or_else(capacity::default_workers).max(1);
+    let (spot, spot_guard) = match &cfg.spot {
+        Some(watch) => {
+            let (tx, rx) = oneshot::channel();
+            let stop = CancellationToken::new();
+            let (url, interval, token) = (watch.imds_url.clone(), watch.interval, stop.clone());
+            tokio::spawn(async move {
+                if let Some(notice) = imds::watch_spot_interruption(&url, interval, token).await {
+                    let _ = tx.send(notice);
+                }
+            });
+            (Some(rx), Some(stop.drop_guard()))
+        }
+        None => (None, None),
+    };
     let mut agent = Agent {
+        spot,
+        _spot_guard: spot_guard,
+        leaving: None,
         deadline: cfg.ttl.map(|t| Instant::now() + t),
         cfg,
         token,
@@ -246,7 +312,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
         let connected = loop {
             tokio::select! {
                 c = &mut connect => break c,
-                e = next_event(&mut agent.current, None, &mut housekeeping, &cancel) => {
+                e = next_event(&mut agent.current, &mut agent.spot, None, &mut housekeeping, &cancel) => {
                     if let Some(exit) = agent.handle_offline(e) {
                         return Ok(exit);
                     }
@@ -283,7 +349,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
         loop {
             let event = tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
-                e = next_event(&mut agent.current, None, &mut housekeeping, &cancel) => e,
+                e = next_event(&mut agent.current, &mut agent.spot, None, &mut housekeeping, &cancel) => e,
             };
             if let Some(exit) = agent.handle_offline(event) {
                 return Ok(exit);
@@ -295,6 +361,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
 /// Waits for whatever happens next; borrows the run's parts only while waiting.
 async fn next_event(
     current: &mut Option<Current>,
+    spot: &mut Option<oneshot::Receiver<imds::SpotNotice>>,
     inbound: Option<&mut Streaming<v1::ControllerMessage>>,
     housekeeping: &mut Interval,
     cancel: &CancellationToken,
@@ -321,6 +388,7 @@ async fn next_event(
             Event::Loaded(l.unwrap_or_else(|e| Err(format!("loading failed: {e}"))))
         }
         _ = async { match &barriers { Some(b) => b.changed.notified().await, None => std::future::pending().await } } => Event::Barrier,
+        n = async { match spot { Some(rx) => rx.await.ok(), None => std::future::pending().await } } => Event::Spot(n),
         _ = housekeeping.tick() => Event::Housekeeping,
     }
 }
@@ -376,7 +444,7 @@ impl Agent {
         let answer = loop {
             tokio::select! {
                 a = &mut handshake => break a,
-                e = next_event(&mut self.current, None, housekeeping, cancel) => {
+                e = next_event(&mut self.current, &mut self.spot, None, housekeeping, cancel) => {
                     if let Some(exit) = self.handle_offline(e) {
                         return SessionEnd::Exit(exit);
                     }
@@ -406,8 +474,14 @@ impl Agent {
             return SessionEnd::Lost(reason);
         }
         loop {
-            let event =
-                next_event(&mut self.current, Some(&mut inbound), housekeeping, cancel).await;
+            let event = next_event(
+                &mut self.current,
+                &mut self.spot,
+                Some(&mut inbound),
+                housekeeping,
+                cancel,
+            )
+            .await;
             let result = match event {
                 Event::Controller(Ok(Some(msg))) => {
                     self.last_heard = Instant::now();
@@ -424,6 +498,12 @@ impl Agent {
                             reason: "agent stopping".into(),
                         }),
                     );
+                    // The controller closes the stream on Goodbye: wait for that (briefly),
+                    // so that the Goodbye is delivered before this process may exit.
+                    let _ = tokio::time::timeout(GOODBYE_WAIT, async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
                     return SessionEnd::Exit(self.exit(Some(&out), AgentExit::Cancelled));
                 }
                 other => match self.on_local(other, Some(&out)) {
@@ -464,13 +544,7 @@ impl Agent {
             }));
         }
         messages.extend(current.outbox.iter().cloned().map(Msg::Report));
-        for (name, arrived) in current.barriers.pending() {
-            messages.push(Msg::BarrierArrive(v1::BarrierArrive {
-                run_id: current.run_id.clone(),
-                name,
-                arrived,
-            }));
-        }
+        messages.extend(current.barriers.pending().into_messages(&current.run_id));
         tracing::info!(agent_id = %self.id, resent = messages.len(), "resuming the run");
         for kind in messages {
             let sent = tokio::time::timeout(
@@ -506,6 +580,19 @@ impl Agent {
                     c.outbox.retain(|r| r.seq > a.seq);
                 }
                 self.forget_finished();
+            }
+            Cmd::Load(load) if self.leaving.is_some() => {
+                let error = match &self.leaving {
+                    Some(l) => format!("this agent is leaving ({})", l.reason),
+                    None => String::new(),
+                };
+                send(
+                    out,
+                    Msg::Loaded(v1::Loaded {
+                        run_id: load.run_id,
+                        error,
+                    }),
+                )?;
             }
             Cmd::Load(load) => {
                 if let Some(mut old) = self.current.take() {
@@ -553,6 +640,37 @@ impl Agent {
                     c.abort();
                 }
                 self.forget_finished();
+            }
+            Cmd::Adopt(a) if matches(&self.current, &a.run_id) => {
+                let running = self
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.runner.is_some() || c.loaded.is_some());
+                if !running || self.leaving.is_some() {
+                    send(
+                        out,
+                        Msg::Log(v1::Log {
+                            level: v1::log::Level::Warn as i32,
+                            message: "cannot take over a departed agent's users: our share \
+                                      already ended"
+                                .into(),
+                        }),
+                    )?;
+                }
+                for share in a.shares {
+                    match convert::segment_from_wire(share.segment) {
+                        Ok(segment) => {
+                            tracing::info!(agent_id = %self.id, ?segment, from_user = share.from_user, "adopting a departed agent's users");
+                            self.engine(EngineCommand::Adopt {
+                                segment,
+                                from_user: share.from_user,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(agent_id = %self.id, error = %e, "invalid adopted share")
+                        }
+                    }
+                }
             }
             Cmd::BarrierRelease(b) if matches(&self.current, &b.run_id) => {
                 if let Some(c) = &self.current {
@@ -623,12 +741,62 @@ impl Agent {
                         );
                         return Ok(Some(self.exit(out, AgentExit::TtlExpired)));
                     }
+                    if let Some(exit) = self.check_leave(out) {
+                        return Ok(Some(exit));
+                    }
+                }
+            }
+            Event::Spot(notice) => {
+                self.spot = None;
+                if let Some(notice) = notice {
+                    self.on_spot_notice(notice);
+                    if let Some(exit) = self.check_leave(out) {
+                        return Ok(Some(exit));
+                    }
                 }
             }
             Event::Cancelled => return Ok(Some(self.exit(out, AgentExit::Cancelled))),
             Event::Controller(_) => {}
         }
         Ok(None)
+    }
+
+    /// A spot interruption is coming: no new arrivals, running users get the drain, and
+    /// the engine's final report will say what it left (see [`Agent::on_report`]).
+    fn on_spot_notice(&mut self, notice: imds::SpotNotice) {
+        let drain = self.cfg.spot.as_ref().map_or(Duration::ZERO, |s| s.drain);
+        let reason = notice.reason();
+        tracing::warn!(agent_id = %self.id, %reason, ?drain, "spot interruption notice: draining and leaving");
+        if let Some(c) = self.current.as_mut() {
+            match &c.runner {
+                Some(r) => r.command(EngineCommand::Stop { grace: drain }),
+                None => c.abort(),
+            }
+        }
+        self.leaving = Some(Leaving {
+            reason,
+            since_unix_ms: unix_ms(),
+            deadline: Instant::now() + drain + LEAVE_SLACK,
+        });
+    }
+
+    /// Leaving and done (the final report acknowledged, or no time left): Goodbye and exit.
+    fn check_leave(&mut self, out: Out<'_>) -> Option<AgentExit> {
+        let leaving = self.leaving.as_ref()?;
+        let done = self.current.is_none();
+        if !done && Instant::now() < leaving.deadline {
+            return None;
+        }
+        if !done {
+            tracing::warn!(agent_id = %self.id, "leaving before the controller acknowledged every report");
+        }
+        let _ = send(
+            out,
+            Msg::Goodbye(v1::Goodbye {
+                reason: leaving.reason.clone(),
+            }),
+        );
+        Some(self.exit(out, AgentExit::SpotInterruption))
     }
 
     /// Offline: reports go to the outbox, clocks keep ticking.
@@ -666,6 +834,29 @@ impl Agent {
             event_loop_lag_us: report.event_loop_lag.as_micros() as u64,
             finished: report.finished,
             sent_unix_ms: unix_ms(),
+            departing: report.finished && self.leaving.is_some(),
+            left_over: if report.finished && self.leaving.is_some() {
+                report
+                    .left_over
+                    .shares
+                    .iter()
+                    .map(|(segment, from_user)| v1::Share {
+                        segment: Some((*segment).into()),
+                        from_user: *from_user,
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            interrupted_users: report.left_over.interrupted_users,
+            departure_reason: match &self.leaving {
+                Some(l) if report.finished => l.reason.clone(),
+                _ => String::new(),
+            },
+            departed_unix_ms: match &self.leaving {
+                Some(l) if report.finished => l.since_unix_ms,
+                _ => 0,
+            },
         };
         if c.outbox.len() >= MAX_OUTBOX
             && let Some(dropped) = c.outbox.pop_front()
@@ -683,15 +874,8 @@ impl Agent {
         if out.is_none() {
             return Ok(()); // resent from `pending()` after the reconnect
         }
-        for (name, arrived) in c.barriers.take_changes() {
-            send(
-                out,
-                Msg::BarrierArrive(v1::BarrierArrive {
-                    run_id: c.run_id.clone(),
-                    name,
-                    arrived,
-                }),
-            )?;
+        for message in c.barriers.take_changes().into_messages(&c.run_id) {
+            send(out, message)?;
         }
         Ok(())
     }

@@ -99,6 +99,9 @@ pub(crate) struct RunnerReport {
     pub(crate) finished: bool,
     /// The engine could not start (or failed): said once, with the final report.
     pub(crate) error: Option<String>,
+    /// With the final report: what the engine did not run (for another agent to adopt when
+    /// this one departs) and the users still running when it ended.
+    pub(crate) left_over: punisher_engine::LeftOver,
 }
 
 /// A started runner.
@@ -168,16 +171,34 @@ async fn run(
         event_loop_lag: Duration::ZERO,
         finished: true,
         error,
+        left_over: punisher_engine::LeftOver::default(),
     };
-    // Wait for the common instant; a Stop or Abort before it ends the run unstarted.
+    // Wait for the common instant; a Stop or Abort before it ends the run unstarted, other
+    // commands (a scale, an adopted share) apply once the engine runs.
     let wait = Duration::from_millis(start_unix_ms.saturating_sub(unix_ms()));
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => {}
-        cmd = commands.recv() => {
-            if matches!(cmd, None | Some(EngineCommand::Abort | EngineCommand::Stop { .. })) {
-                let _ = reports.send(final_report(None)).await;
-                return;
-            }
+    let sleep = tokio::time::sleep(wait);
+    tokio::pin!(sleep);
+    let mut early = Vec::new();
+    loop {
+        tokio::select! {
+            _ = &mut sleep => break,
+            cmd = commands.recv() => match cmd {
+                None | Some(EngineCommand::Abort | EngineCommand::Stop { .. }) => {
+                    // Nothing started: the whole share is left over (for a departing agent,
+                    // the others take it over).
+                    let mut report = final_report(None);
+                    report.left_over.shares.push((loaded.engine.segment, 0));
+                    for cmd in &early {
+                        if let EngineCommand::Adopt { segment, from_user } = cmd {
+                            report.left_over.shares.push((*segment, *from_user));
+                        }
+                    }
+                    let _ = reports.send(report).await;
+                    return;
+                }
+                Some(cmd) if early.len() < COMMAND_QUEUE => early.push(cmd),
+                Some(cmd) => tracing::warn!(?cmd, "too many commands before the start; dropped"),
+            },
         }
     }
     let LoadedRun {
@@ -189,7 +210,12 @@ async fn run(
         tokio::task::spawn_blocking(move || punisher_engine::start(scenario, engine, setup_data))
             .await;
     let mut handle = match started {
-        Ok(Ok(handle)) => handle,
+        Ok(Ok(handle)) => {
+            for cmd in early {
+                handle.command(cmd);
+            }
+            handle
+        }
         Ok(Err(e)) => {
             let _ = reports
                 .send(final_report(Some(format!("cannot start the engine: {e}"))))
@@ -225,6 +251,7 @@ async fn run(
         *start = now;
         let n = workers.len().max(1) as f64;
         RunnerReport {
+            left_over: punisher_engine::LeftOver::default(),
             snapshot,
             active_users: workers.values().map(|w| w.active).sum(),
             target_users: workers.values().map(|w| w.target).sum(),
@@ -270,7 +297,7 @@ async fn run(
             }
         }
     }
-    let report = summarize(
+    let mut report = summarize(
         &workers,
         &mut interval,
         &mut interval_start,
@@ -278,5 +305,6 @@ async fn run(
         true,
         error.take(),
     );
+    report.left_over = handle.left_over();
     let _ = reports.send(report).await;
 }

@@ -2,6 +2,9 @@
 //! pinned certificate unless a test says otherwise) on 127.0.0.1, each agent running the real
 //! engine against a small local HTTP target.
 
+mod imds;
+mod results;
+mod spot;
 mod util;
 
 use std::collections::BTreeSet;
@@ -94,10 +97,14 @@ async fn three_agents_merge_exactly_with_unique_ids_and_one_barrier() {
         "released over {:?}",
         last_out - first_out
     );
-    // The journal holds every merged second and the summary.
+    // The journal holds every merged second (one `live` line each) and the summary.
     let dir = controller.dirs.path().join("results").join(&run_id);
-    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    assert!(lines.lines().count() as u64 >= last.tick.min(1), "{lines}");
+    let lines = std::fs::read_to_string(dir.join("timeseries.jsonl")).unwrap();
+    let seconds = lines
+        .lines()
+        .filter(|l| l.contains(r#""scope":"live""#))
+        .count() as u64;
+    assert_eq!(seconds, last.tick, "{lines}");
     assert!(dir.join("summary.json").exists());
     assert!(last.summary_text.as_deref().unwrap().contains("http_reqs"));
 

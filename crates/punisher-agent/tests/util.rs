@@ -141,7 +141,10 @@ impl TestController {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: TOKEN.into(),
             security,
-            results_dir: dirs.path().join("results"),
+            results_dir: Some(dirs.path().join("results")),
+            prometheus: None,
+            agent_binaries: None,
+            http_listen: None,
             lost_after: Duration::from_secs(3),
         })
         .await
@@ -203,7 +206,10 @@ impl KillableController {
             security: ServerSecurity::Tls {
                 state_dir: dirs.path().join("state"),
             },
-            results_dir: dirs.path().join("results"),
+            results_dir: Some(dirs.path().join("results")),
+            prometheus: None,
+            agent_binaries: None,
+            http_listen: None,
             lost_after: Duration::from_secs(3),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -256,6 +262,7 @@ pub(crate) fn agent_config(addr: &str, security: ClientSecurity, id: &str) -> Ag
         source_pool: None,
         memory_limit_bytes: 128 << 20,
         labels: AgentLabels::default(),
+        spot: None,
     }
 }
 
@@ -304,6 +311,10 @@ pub(crate) fn submission(
         scenario_name: "main.js".into(),
         workers_per_agent: 1,
         start_delay: Duration::from_millis(300),
+        run_id: None,
+        command_line: Vec::new(),
+        wait_for_start: false,
+        on_agent_loss: Default::default(),
     }
 }
 

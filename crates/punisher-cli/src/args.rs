@@ -127,6 +127,25 @@ pub struct RunArgs {
     /// Serve the running totals in Prometheus text format on http://ADDR/metrics.
     #[arg(long, value_name = "ADDR")]
     pub prometheus: Option<std::net::SocketAddr>,
+    /// Status lines instead of the dashboard, even on a terminal.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Load the scenario on every agent, then wait for `s` in the dashboard (or `punisher
+    /// ctl start`) before the common start instant.
+    #[arg(long)]
+    pub wait_for_start: bool,
+    /// Local runs: the number of agent processes (default: as many as the open-file limit
+    /// needs, see --fds-per-user; one runs in this process).
+    #[arg(long, value_name = "N")]
+    pub agents: Option<u32>,
+    /// Local runs: open files one virtual user needs, to choose the number of agent
+    /// processes (default 3: an HTTP keep-alive connection, a Socket.IO connection, slack).
+    #[arg(long, value_name = "N")]
+    pub fds_per_user: Option<u32>,
+    /// Local runs: the open files one agent process may use (default: its RLIMIT_NOFILE
+    /// minus a reserve); lower it to test child agents with few users.
+    #[arg(long, hide = true, value_name = "N")]
+    pub fd_budget: Option<u64>,
     #[command(flatten)]
     pub cluster: crate::cluster::ClusterRunFlags,
 }
@@ -154,6 +173,10 @@ pub struct TargetArgs {
     /// most ~20,000 sockets here); a broadcast and /admin/stats cover all of them.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub processes: usize,
+    /// Close an HTTP connection that has waited this long for a request (e.g. 15s; websockets
+    /// are not concerned) [default: 15s].
+    #[arg(long, value_name = "DURATION")]
+    pub keep_alive_timeout: Option<String>,
     /// The other processes of a multi-process target (set by --processes).
     #[arg(long, hide = true, value_delimiter = ',')]
     pub peers: Vec<std::net::SocketAddr>,

@@ -21,19 +21,16 @@ use clap::{Args, Subcommand};
 use punisher_agent::{AgentConfig, AgentError, AgentLabels};
 use punisher_clients::net::SourcePool;
 use punisher_controller::{
-    ClientConfig, ClientError, ClusterClient, Controller, ControllerConfig, RunCommand, RunState,
-    RunSubmission, RunView, ServerSecurity,
+    ClientConfig, ClientError, ClusterClient, Controller, ControllerConfig, RunCommand,
+    ServerSecurity,
 };
-use punisher_core::{Plan, Segment, parse_duration};
-use punisher_engine::{Bundle, EngineConfig, LocalBarrierHub, WorkerReport};
-use punisher_metrics::{Snapshot, Threshold};
-use punisher_proto::{ClientSecurity, Fingerprint, ScenarioBundle};
+use punisher_core::parse_duration;
+use punisher_proto::{ClientSecurity, Fingerprint};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::RunArgs;
 use crate::exit::{self, Failure};
-use crate::run::Interrupts;
-use crate::status::StatusView;
+use crate::follow::Interrupts;
 
 /// How to reach and trust the controller (agents, `run --controller`, `ctl`).
 #[derive(Debug, Args, Clone)]
@@ -65,6 +62,15 @@ pub struct ClusterRunFlags {
     /// Start the run when this many agents have joined.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub wait_agents: u32,
+    /// When an agent leaves mid-run (spot interruption) or is lost: `reassign` its users
+    /// that had not started to the other agents, `continue` without them, or `abort`.
+    #[arg(long, default_value = "reassign", value_name = "POLICY", value_parser = parse_loss_policy)]
+    pub on_agent_loss: punisher_controller::AgentLossPolicy,
+}
+
+fn parse_loss_policy(text: &str) -> Result<punisher_controller::AgentLossPolicy, String> {
+    punisher_controller::AgentLossPolicy::parse(text)
+        .ok_or_else(|| format!("{text:?}: expected reassign, continue or abort"))
 }
 
 #[derive(Debug, Args)]
@@ -82,12 +88,30 @@ pub struct ControllerArgs {
     /// ~/.local/state/punisher).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Each run writes RESULTS/RUN_ID/ (metrics.jsonl, summary.json, summary.txt).
+    /// Each run writes DIR/RUN_ID/ (run.json, timeseries.jsonl, one .hlog per trend,
+    /// summary.json, junit.xml, report.html).
     #[arg(long, default_value = "results", value_name = "DIR")]
     pub results_dir: PathBuf,
+    /// Write no results folder.
+    #[arg(long, conflicts_with = "results_dir")]
+    pub no_results: bool,
+    /// Serve the current run's merged metrics in Prometheus text format at
+    /// http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<SocketAddr>,
     /// An agent silent this long during a run is reported lost.
     #[arg(long, default_value = "3s", value_name = "DURATION")]
     pub lost_after: String,
+    /// Serve agent binaries over plain HTTP here: GET /agent/<target-triple> and
+    /// /agent/<target-triple>.sha256, what `punisher cluster up` instances download. By
+    /// convention the --listen port + 1 (e.g. 0.0.0.0:7071), where `cluster up` looks unless
+    /// given --agent-url.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// A directory of agent binaries, one file per target triple named after it (e.g.
+    /// DIR/aarch64-unknown-linux-gnu); this binary is served for its own triple anyway.
+    #[arg(long, value_name = "DIR", requires = "http_listen")]
+    pub agent_binaries: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -118,6 +142,20 @@ pub struct AgentArgs {
     pub zone: String,
     #[arg(long, env = "PUNISHER_INSTANCE_ID", default_value = "")]
     pub instance_id: String,
+    /// Watch the EC2 instance metadata for a spot interruption notice, and on one leave
+    /// cleanly: stop arrivals, final report, Goodbye (the controller reassigns the users
+    /// that had not started). On by default when --instance-id is known (EC2).
+    #[arg(long, env = "PUNISHER_SPOT")]
+    pub spot: bool,
+    /// The instance metadata service to watch (tests; implies --spot).
+    #[arg(long, hide = true, value_name = "URL")]
+    pub imds_url: Option<String>,
+    /// How often to look for a spot notice.
+    #[arg(long, hide = true, default_value = "5s", value_name = "DURATION")]
+    pub imds_interval: String,
+    /// After a spot notice, running users get this long to finish (EC2 gives two minutes).
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub spot_drain: String,
 }
 
 #[derive(Debug, Args)]
@@ -132,8 +170,16 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Agents and the current run.
     Status,
-    /// Follow the current (or given) run until it ends.
-    Watch { run_id: Option<String> },
+    /// Follow the current (or given) run until it ends: the live dashboard on a terminal
+    /// (`q` detaches, the run goes on), status lines otherwise.
+    Watch {
+        run_id: Option<String>,
+        /// Status lines even on a terminal.
+        #[arg(long)]
+        no_tui: bool,
+    },
+    /// Start a run submitted with --wait-for-start.
+    Start,
     /// Change the test-wide number of users.
     Scale { users: u64 },
     /// Pause arrivals of new users.
@@ -157,7 +203,7 @@ fn duration_flag(flag: &str, value: &str) -> Result<Duration, Failure> {
 }
 
 impl ControllerConnArgs {
-    fn client_config(&self) -> Result<ClientConfig, Failure> {
+    pub(crate) fn client_config(&self) -> Result<ClientConfig, Failure> {
         let controller = self
             .controller
             .clone()
@@ -220,8 +266,11 @@ pub async fn controller(args: ControllerArgs, shutdown: CancellationToken) -> Re
         listen: args.listen,
         token: args.token,
         security,
-        results_dir: args.results_dir,
+        results_dir: (!args.no_results).then_some(args.results_dir),
+        prometheus: args.prometheus,
         lost_after,
+        agent_binaries: args.agent_binaries,
+        http_listen: args.http_listen,
     })
     .await
     .map_err(|e| match e {
@@ -231,6 +280,15 @@ pub async fn controller(args: ControllerArgs, shutdown: CancellationToken) -> Re
     })?;
     let addr = controller.local_addr();
     eprintln!("controller listening on {addr}");
+    if let Some(http) = controller.http_addr() {
+        eprintln!(
+            "agent binaries at http://{http}/agent/<target-triple> (this one: {})",
+            punisher_controller::BUILD_TARGET
+        );
+    }
+    if let Some(prometheus) = controller.prometheus_addr() {
+        eprintln!("serving Prometheus metrics on http://{prometheus}/metrics");
+    }
     match controller.fingerprint() {
         Some(fp) => {
             if controller.identity_created() {
@@ -262,6 +320,7 @@ pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, F
     if args.workers == Some(0) {
         return Err(Failure::invalid(anyhow!("--workers must be at least 1")));
     }
+    let spot = spot_watch(&args)?;
     let cfg = AgentConfig {
         controller: conn.controller,
         token: conn.token,
@@ -276,6 +335,7 @@ pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, F
             .transpose()?,
         source_pool,
         memory_limit_bytes: args.js_memory_limit << 20,
+        spot,
         labels: AgentLabels {
             region: args.region,
             zone: args.zone,
@@ -292,6 +352,24 @@ pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, F
     }
 }
 
+/// Spot notices are watched with `--imds-url` (tests), `--spot`, or on EC2 (an instance id
+/// is known: the bootstrap read it from the same metadata service); never otherwise, so
+/// that an agent on a laptop does not poll 169.254.169.254.
+fn spot_watch(args: &AgentArgs) -> Result<Option<punisher_agent::SpotWatch>, Failure> {
+    let imds_url = match &args.imds_url {
+        Some(url) => url.clone(),
+        None if args.spot || !args.instance_id.is_empty() => {
+            punisher_agent::imds::DEFAULT_BASE_URL.to_owned()
+        }
+        None => return Ok(None),
+    };
+    Ok(Some(punisher_agent::SpotWatch {
+        imds_url,
+        interval: duration_flag("--imds-interval", &args.imds_interval)?,
+        drain: duration_flag("--spot-drain", &args.spot_drain)?,
+    }))
+}
+
 /// `-e KEY=VALUE` flags only: unlike a local run, a cluster run does not ship this
 /// machine's whole environment (its secrets) to agents elsewhere.
 fn explicit_env(args: &RunArgs) -> Result<BTreeMap<String, String>, Failure> {
@@ -305,167 +383,34 @@ fn explicit_env(args: &RunArgs) -> Result<BTreeMap<String, String>, Failure> {
     Ok(env)
 }
 
-/// `punisher run SCRIPT --controller ADDR ...`: checks the scenario here, runs `setup()`
-/// here, submits the run, shows the merged live view, runs `teardown()`, prints the summary
-/// and returns the exit code. The first Ctrl-C stops the run gracefully, the second aborts it.
+/// `punisher run SCRIPT --controller ADDR ...`: the scenario is checked and `setup()` runs
+/// here, then [`crate::follow`] submits the run and follows it to its exit code, as it does
+/// for a local run.
 pub async fn run_on_controller(
     args: &RunArgs,
     flags: &ClusterRunFlags,
-    mut interrupts: Interrupts,
+    interrupts: Interrupts,
 ) -> Result<u8, Failure> {
     let conn = flags.conn.client_config()?;
     let (overrides, _) = crate::config::option_flags(&args.options).map_err(Failure::invalid)?;
     let env = explicit_env(args)?;
-    let bundle = Bundle::from_path(&args.script).map_err(Failure::invalid)?;
-    let scenario = punisher_engine::inspect(bundle, &env).map_err(Failure::invalid)?;
-    let plan = Plan::from_options(&scenario.options, &overrides)
-        .map_err(|e| Failure::invalid(anyhow!("{}: {e}", args.script.display())))?;
-    for t in &plan.thresholds {
-        Threshold::parse(t).map_err(|e| Failure::invalid(anyhow!("invalid threshold: {e}")))?;
-    }
-    let local = EngineConfig {
-        workers: 1,
-        plan: plan.clone(),
-        segment: Segment::FULL,
-        env: env.clone(),
-        source_pool: None,
-        memory_limit_bytes: args.js_memory_limit << 20,
-        barriers: Arc::new(LocalBarrierHub::new(1)),
-        test_users: plan.executor.max_users(),
+    let prepared =
+        crate::follow::prepare(&args.script, &overrides, env, args.js_memory_limit << 20)?;
+    let submit = crate::follow::Submit {
+        wait_agents: flags.wait_agents,
+        workers_per_agent: args.workers.unwrap_or(0) as u32,
+        run_id: args.run_id.clone(),
+        command_line: crate::config::command_line(),
+        wait_for_start: args.wait_for_start,
+        on_agent_loss: flags.on_agent_loss,
     };
-    let setup_data = punisher_engine::run_setup(&scenario, &local)
-        .await
-        .context("setup() failed; no user was started")
-        .map_err(Failure::run)?;
-
-    let mut client = ClusterClient::connect(&conn)
-        .await
-        .map_err(client_failure)?;
-    let run_id = client
-        .submit_run(RunSubmission {
-            bundle: ScenarioBundle {
-                entry: scenario.bundle.entry.clone(),
-                sources: scenario.bundle.sources.clone(),
-                files: scenario.bundle.files.clone(),
-            },
-            plan: plan.clone(),
-            env,
-            setup_data: setup_data.clone(),
-            wait_agents: flags.wait_agents,
-            scenario_name: args.script.display().to_string(),
-            workers_per_agent: args.workers.unwrap_or(0) as u32,
-            start_delay: Duration::ZERO,
-        })
-        .await
-        .map_err(client_failure)?;
-    eprintln!(
-        "run {run_id} submitted to {}; it starts when {} agent(s) joined",
-        conn.controller, flags.wait_agents
-    );
-    let mut ctl = ClusterClient::connect(&conn)
-        .await
-        .map_err(client_failure)?;
-    let mut views = client.watch(&run_id).await.map_err(client_failure)?;
-    let planned = plan.executor.planned_duration();
-    let mut seen = *interrupts.borrow();
-    let mut last: Option<RunView> = None;
-    let mut last_tick = 0;
-    loop {
-        tokio::select! {
-            changed = interrupts.changed() => {
-                if changed.is_err() { continue; }
-                let presses = *interrupts.borrow_and_update();
-                if presses <= seen { continue; }
-                seen = presses;
-                let cmd = if presses == 1 {
-                    eprintln!("\nstopping gracefully (up to {}); press Ctrl-C again to abort",
-                        punisher_core::format_duration(plan.graceful_stop));
-                    RunCommand::Stop { grace: plan.graceful_stop }
-                } else {
-                    eprintln!("\naborting");
-                    RunCommand::Abort { reason: "interrupted (Ctrl-C)".into() }
-                };
-                if let Err(e) = ctl.command(cmd).await {
-                    eprintln!("cannot reach the controller: {e}");
-                }
-            }
-            view = views.next() => {
-                let Some(view) = view else { break };
-                let view = view.map_err(client_failure)?;
-                if !args.quiet && view.tick > last_tick && view.state == RunState::Running {
-                    last_tick = view.tick;
-                    eprintln!("{}", status_line(&view, planned));
-                }
-                let over = view.state.is_over();
-                last = Some(view);
-                if over { break; }
-            }
-        }
-    }
-    let Some(last) = last.filter(|v| v.state.is_over()) else {
-        return Err(Failure::run(anyhow!(
-            "lost the controller before run {run_id} ended; it may still be running: see \
-             `punisher ctl status`"
-        )));
+    let opts = crate::follow::FollowOptions {
+        quiet: args.quiet,
+        no_tui: args.no_tui,
+        summary_json: args.summary_json.clone(),
+        remote: Some(conn.controller.clone()),
     };
-    if scenario.has_teardown
-        && let Err(e) = punisher_engine::run_teardown(&scenario, &local, &setup_data).await
-    {
-        eprintln!("teardown() failed: {e:#}");
-    }
-    for message in &last.messages {
-        eprintln!("  {message}");
-    }
-    #[allow(clippy::print_stdout)] // the summary is the command's output
-    if let Some(text) = &last.summary_text {
-        println!("{text}");
-    }
-    if let (Some(path), Some(json)) = (&args.summary_json, &last.summary_json) {
-        let bytes = serde_json::to_vec_pretty(json).map_err(Failure::run)?;
-        std::fs::write(path, bytes)
-            .map_err(|e| Failure::run(anyhow!("cannot write {}: {e}", path.display())))?;
-    }
-    match last.exit_code {
-        Some(code) if last.state == RunState::Finished => Ok(code),
-        _ => Err(Failure::run(anyhow!(
-            "run {run_id} could not complete: {}",
-            last.messages
-                .last()
-                .map_or("no reason given", String::as_str)
-        ))),
-    }
-}
-
-/// The local status line, from a merged view (the whole cluster as one "worker").
-fn status_line(view: &RunView, planned: Duration) -> String {
-    let cluster = BTreeMap::from([(
-        0usize,
-        WorkerReport {
-            worker: 0,
-            snapshot: Snapshot::empty(0, 0),
-            active_users: view.active_users,
-            target_users: view.target_users,
-            arrived_users: view.arrived_users,
-            finished: false,
-            event_loop_lag: Duration::ZERO,
-            cpu_busy: 0.0,
-        },
-    )]);
-    let line = StatusView::from_interval(view.elapsed, planned, &cluster, &view.interval).render();
-    let lost = view
-        .agents
-        .iter()
-        .filter(|a| a.state == punisher_controller::AgentState::Lost)
-        .count();
-    let suspect = view.agents.iter().filter(|a| a.suspect).count();
-    let mut agents = format!("agents {}", view.agents.len());
-    if lost > 0 {
-        agents.push_str(&format!(" ({lost} lost)"));
-    }
-    if suspect > 0 {
-        agents.push_str(&format!(" ({suspect} overloaded)"));
-    }
-    format!("{line} | {agents}")
+    crate::follow::submit_and_follow(&conn, &prepared, submit, &opts, interrupts).await
 }
 
 /// `punisher ctl ...`.
@@ -506,31 +451,19 @@ pub async fn ctl(args: CtlArgs) -> Result<u8, Failure> {
             }
             out
         }
-        CtlCommand::Watch { run_id } => {
-            let mut views = client
-                .watch(run_id.as_deref().unwrap_or(""))
-                .await
-                .map_err(client_failure)?;
-            let mut last = None;
-            while let Some(view) = views.next().await {
-                let view = view.map_err(client_failure)?;
-                if view.state == RunState::Running {
-                    eprintln!("{}", status_line(&view, Duration::ZERO));
-                }
-                last = Some(view);
-            }
-            match last {
-                Some(v) if v.state.is_over() => {
-                    let code = v.exit_code.unwrap_or(exit::RUN_ERROR);
-                    #[allow(clippy::print_stdout)]
-                    if let Some(text) = &v.summary_text {
-                        println!("{text}");
-                    }
-                    return Ok(code);
-                }
-                _ => bail_run("the controller ended the watch before the run ended")?,
-            }
+        CtlCommand::Watch { run_id, no_tui } => {
+            return crate::dashboard::ctl_watch(
+                &conn,
+                client,
+                run_id.as_deref().unwrap_or(""),
+                no_tui,
+            )
+            .await;
         }
+        CtlCommand::Start => client
+            .command(RunCommand::Start)
+            .await
+            .map_err(client_failure)?,
         CtlCommand::Scale { users } => client
             .command(RunCommand::Scale(users))
             .await
@@ -560,8 +493,4 @@ pub async fn ctl(args: CtlArgs) -> Result<u8, Failure> {
         println!("{}", answer.trim_end());
     }
     Ok(exit::PASSED)
-}
-
-fn bail_run(message: &str) -> Result<String, Failure> {
-    Err(Failure::run(anyhow!("{message}")))
 }

@@ -4,7 +4,7 @@
 //! table and results on stdout, the confirmation prompt, and the exit codes (0 done, 1 fewer
 //! agents than asked / teardown not verified / not confirmed, 2 bad flags).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::time::SystemTime;
 
@@ -25,7 +25,7 @@ use crate::exit::{self, Failure};
 pub enum ClusterCommand {
     /// Launch N agents as spot instances across regions (shows the cost, asks first).
     Up(Box<UpArgs>),
-    /// A cluster's instances by region and state.
+    /// A cluster's instances by region and state, and (with --controller) which joined.
     Status(StatusArgs),
     /// Terminate everything tagged for a cluster in every region and verify none is left.
     Down(DownArgs),
@@ -83,8 +83,9 @@ pub struct UpArgs {
     /// An image for a region instead of the latest Amazon Linux 2023 (repeatable).
     #[arg(long, value_name = "REGION=AMI")]
     pub ami: Vec<String>,
-    /// Where agents download their binary (`/<target-triple>` is appended);
-    /// default http://CONTROLLER/agent.
+    /// Where agents download their binary (`/<target-triple>` is appended); default
+    /// http://HOST:PORT+1/agent, where `punisher controller --http-listen` serves by
+    /// convention (its gRPC port is TLS).
     #[arg(long, value_name = "URL")]
     pub agent_url: Option<String>,
     /// Pin an agent binary's SHA-256 (repeatable): TRIPLE=HEX.
@@ -103,6 +104,10 @@ pub struct StatusArgs {
     pub regions: String,
     #[command(flatten)]
     pub aws: AwsArgs,
+    /// With --controller and --token: which instances joined (agents say their instance id
+    /// in their Hello).
+    #[command(flatten)]
+    pub conn: crate::cluster::ControllerConnArgs,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -233,10 +238,34 @@ pub async fn cluster_status(args: StatusArgs) -> Result<u8, Failure> {
     let st = status::status(&ec2, &args.name, &regions)
         .await
         .map_err(Failure::run)?;
-    // Which instances joined needs the controller's agent list (agents label themselves
-    // with their instance id); not asked here yet.
-    output(&st.render(None));
+    let joined = match &args.conn.controller {
+        Some(_) => joined_instances(&args.conn).await?,
+        None => None,
+    };
+    output(&st.render(joined.as_ref()));
     Ok(exit::PASSED)
+}
+
+/// The instance ids of the agents the controller has (their Hello carries it); `None`
+/// with a warning when the controller cannot be asked: the instances are listed anyway.
+async fn joined_instances(
+    conn: &crate::cluster::ControllerConnArgs,
+) -> Result<Option<HashSet<String>>, Failure> {
+    let cfg = conn.client_config()?;
+    let asked = async {
+        let mut client = punisher_controller::ClusterClient::connect(&cfg).await?;
+        client.status().await
+    };
+    match asked.await {
+        Ok(status) => Ok(Some(status.instances.into_values().collect())),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot ask the controller {} which agents joined: {e}",
+                cfg.controller
+            );
+            Ok(None)
+        }
+    }
 }
 
 pub async fn cluster_down(args: DownArgs) -> Result<u8, Failure> {

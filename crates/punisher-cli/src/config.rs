@@ -22,6 +22,8 @@ pub struct RunConfig {
     pub demo_target: bool,
     pub summary_json: Option<PathBuf>,
     pub source_pool: Option<Arc<SourcePool>>,
+    /// `--source-ips` as written (child agents parse it again).
+    pub source_ips: Option<String>,
     pub js_memory_limit_bytes: usize,
     /// Print a status line on stderr every second.
     pub status_lines: bool,
@@ -88,6 +90,7 @@ impl RunConfig {
             demo_target: args.demo_target,
             summary_json: args.summary_json,
             source_pool,
+            source_ips: args.source_ips,
             js_memory_limit_bytes: args.js_memory_limit << 20,
             status_lines: !args.quiet,
             results: (!args.no_results).then(|| ResultsTarget {
@@ -95,11 +98,16 @@ impl RunConfig {
                 run_id: args.run_id.unwrap_or_else(new_run_id),
             }),
             prometheus: args.prometheus,
-            command_line: std::env::args_os()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
+            command_line: command_line(),
         })
     }
+}
+
+/// The command line as given, for `run.json`.
+pub fn command_line() -> Vec<String> {
+    std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The option overrides and `__ENV` shared by `run` and `check`.

@@ -3,7 +3,7 @@
 //! sets up tracing, talks to the terminal and chooses exit codes (0 pass, 99 thresholds
 //! failed, 1 run error, 2 bad usage or invalid scenario).
 //!
-//! The commands are library functions ([`run::run`], [`check::check`]) so that tests call
+//! The commands are library functions ([`local::run`], [`check::check`]) so that tests call
 //! them without a subprocess.
 
 pub mod args;
@@ -11,10 +11,13 @@ pub mod check;
 pub mod cluster;
 pub mod cluster_aws;
 pub mod config;
+mod dashboard;
+pub use dashboard::LogWriter;
 pub mod exit;
-pub mod prometheus;
-mod recorder;
+mod follow;
+pub use follow::Interrupts;
+mod handle_summary;
+pub mod local;
 pub mod results;
-pub mod run;
 pub mod status;
 pub mod target;

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use punisher_cli::args::{Cli, Command};
-use punisher_cli::config::RunConfig;
 use punisher_cli::exit::{self, Failure};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -13,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if one_thread(&cli.command) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -33,39 +35,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// A target process among several (`punisher target --processes N`) runs on one thread:
+/// the N processes already spread over the cores, and with two workers (or one worker
+/// plus the `block_on` thread, where the accept loop runs) each process spent a third of
+/// its CPU on threads waking each other (perf: context switches; strace: futex).
+fn one_thread(command: &Command) -> bool {
+    matches!(command, Command::Target(t) if t.processes > 1 || !t.peers.is_empty())
+}
+
 async fn dispatch(command: Command) -> Result<u8, Failure> {
     match command {
         Command::Run(args) if args.cluster.conn.controller.is_some() => {
             punisher_cli::cluster::run_on_controller(&args, &args.cluster, count_interrupts()).await
         }
-        Command::Run(args) => {
-            let summary_json = args.summary_json.clone();
-            let cfg = RunConfig::from_args(args).map_err(Failure::invalid)?;
-            let interrupts = count_interrupts();
-            let report = punisher_cli::run::run(cfg, interrupts).await?;
-            let text = report.summary.render_text();
-            #[allow(clippy::print_stdout)] // the summary is the command's output
-            {
-                println!("{text}");
-            }
-            if let Some(path) = summary_json {
-                let json =
-                    serde_json::to_vec_pretty(&report.summary.to_json()).map_err(Failure::run)?;
-                std::fs::write(&path, json).map_err(|e| {
-                    Failure::run(anyhow::anyhow!("cannot write {}: {e}", path.display()))
-                })?;
-            }
-            if report.aborted_by_threshold {
-                eprintln!("the run was aborted by a threshold with abortOnFail");
-            }
-            for problem in &report.results_problems {
-                eprintln!("warning: results: {problem}");
-            }
-            if let Some(dir) = &report.results_dir {
-                eprintln!("results: {}", dir.display());
-            }
-            Ok(report.exit_code())
-        }
+        Command::Run(args) => punisher_cli::local::run(args, count_interrupts()).await,
         Command::Check(args) => {
             let plan = punisher_cli::check::check(&args)?;
             #[allow(clippy::print_stdout)] // the plan is the command's output
@@ -119,8 +102,11 @@ fn ctrl_c_token() -> CancellationToken {
 }
 
 /// Counts SIGINT/SIGTERM: the run stops gracefully on the first and aborts on the second.
+/// A child process of a local run (agents, the demo target) also counts the end of its
+/// stdin, a pipe from its parent: the parent is gone, however it ended.
 fn count_interrupts() -> watch::Receiver<u32> {
     let (tx, rx) = watch::channel(0u32);
+    let mut parent_gone = parent_gone();
     tokio::spawn(async move {
         #[cfg(unix)]
         let mut term =
@@ -140,10 +126,32 @@ fn count_interrupts() -> watch::Receiver<u32> {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => if r.is_err() { return },
                 () = terminated => {}
+                Some(()) = parent_gone.recv() => {}
             }
             tx.send_modify(|n| *n += 1);
         }
     });
+    rx
+}
+
+/// With [`punisher_cli::local::EXIT_WITH_PARENT_ENV`] set, a message when stdin reaches its
+/// end. A plain thread reads it: a blocking read in the runtime's pool would hold up its
+/// shutdown, while this thread just dies with the process.
+fn parent_gone() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    if std::env::var_os(punisher_cli::local::EXIT_WITH_PARENT_ENV).is_some() {
+        let spawned = std::thread::Builder::new()
+            .name("parent-watch".into())
+            .spawn(move || {
+                let mut sink = [0u8; 256];
+                let mut stdin = std::io::stdin().lock();
+                while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+                let _ = tx.blocking_send(());
+            });
+        if let Err(e) = spawned {
+            eprintln!("warning: cannot watch the parent process: {e}");
+        }
+    }
     rx
 }
 
@@ -152,7 +160,8 @@ fn init_tracing(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // stderr, held back while the dashboard has the terminal.
+        .with_writer(punisher_cli::LogWriter)
         .with_target(false)
         .init();
 }

@@ -20,6 +20,11 @@ pub async fn serve(args: TargetArgs, shutdown: CancellationToken) -> Result<(), 
             .context("--latency")
             .map_err(Failure::invalid)?;
     }
+    if let Some(keep_alive) = &args.keep_alive_timeout {
+        cfg.keep_alive_timeout = punisher_core::parse_duration(keep_alive)
+            .context("--keep-alive-timeout")
+            .map_err(Failure::invalid)?;
+    }
     cfg.error_rate = args.error_rate;
     cfg.validate().map_err(Failure::invalid)?;
     if args.processes == 0 || args.processes > MAX_PROCESSES {
@@ -55,8 +60,7 @@ pub async fn serve(args: TargetArgs, shutdown: CancellationToken) -> Result<(), 
     } else {
         cfg.peers = args.peers.clone();
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = punisher_target::bind_listener(listen)
         .with_context(|| format!("cannot listen on {listen}"))
         .map_err(Failure::run)?;
     let addr = listener.local_addr().map_err(Failure::run)?;
@@ -105,6 +109,9 @@ fn spawn_child(
         .kill_on_drop(true);
     if let Some(latency) = &args.latency {
         cmd.arg("--latency").arg(latency);
+    }
+    if let Some(keep_alive) = &args.keep_alive_timeout {
+        cmd.arg("--keep-alive-timeout").arg(keep_alive);
     }
     cmd.spawn()
         .with_context(|| format!("cannot start the target process for {addr}"))

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `punisher` binary: exit codes, messages, summaries, signals.
 //! Each test runs the real binary against the demo target on a free loopback port.
 
+mod local_agents;
 mod results;
 mod util;
 

@@ -2,8 +2,10 @@
 //!
 //! One tick is what the hub does every second: decode and merge every agent's report
 //! (`Merger::add_report`, as reports arrive), then close the interval (add it to the run's
-//! totals, encode it once), encode the totals for the live view, evaluate thresholds, and
-//! build the journal line. Plain timing (no harness): prints min / median / max over ticks.
+//! totals, encode it once), encode the totals for the live view and evaluate thresholds.
+//! The hub hands the closed second to the results writer's thread without waiting; what
+//! that thread spends on it (`punisher_results::Journal::append`) is timed apart.
+//! Plain timing (no harness): prints min / median / max over ticks.
 //!
 //! Run: `CARGO_PROFILE_BENCH_LTO=false CARGO_PROFILE_BENCH_CODEGEN_UNITS=16 \
 //!       cargo bench -p punisher-controller --bench merge_tick`
@@ -140,6 +142,9 @@ fn main() {
     .collect();
 
     let mut merger = Merger::new();
+    let journal_dir = tempfile::tempdir().unwrap();
+    let mut journal = punisher_results::Journal::create(journal_dir.path()).unwrap();
+    let mut journal_times = Vec::new();
     let mut merge_times = Vec::new();
     let mut close_times = Vec::new();
     let mut tick_times = Vec::new();
@@ -163,25 +168,26 @@ fn main() {
             .map(|t| t.evaluate(merger.totals()))
             .collect();
         let t_thresholds = closing.elapsed();
-        let line = punisher_controller::merge::journal_line_for_bench(
-            tick as u64,
-            &closed.snapshot,
-            &closed.encoded,
-        );
         let closed_in = closing.elapsed();
         if tick == TICKS - 1 {
             eprintln!(
-                "last tick: close+encode {t_close:.2?}, totals encode {:.2?}, thresholds {:.2?}, journal line {:.2?}",
+                "last tick: close+encode {t_close:.2?}, totals encode {:.2?}, thresholds {:.2?}",
                 t_totals - t_close,
                 t_thresholds - t_totals,
-                closed_in - t_thresholds
             );
         }
-        std::hint::black_box((&totals, &outcomes, &line));
+        std::hint::black_box((&totals, &outcomes));
+        let cpu_end = thread_cpu();
+        let end = start.elapsed();
+        let journaling = Instant::now();
+        journal
+            .append(&closed.snapshot, &punisher_results::LiveNumbers::default())
+            .unwrap();
+        journal_times.push(journaling.elapsed());
         merge_times.push(merged);
         close_times.push(closed_in);
-        tick_times.push(start.elapsed());
-        cpu_times.push(thread_cpu().saturating_sub(cpu_start));
+        tick_times.push(end);
+        cpu_times.push(cpu_end.saturating_sub(cpu_start));
     }
     // The first tick warms allocations up; report the rest.
     let stats = |v: &mut Vec<Duration>| {
@@ -195,7 +201,11 @@ fn main() {
     );
     let (min, median, max) = stats(&mut close_times);
     println!(
-        "close + totals + view + journal: min {min:>10.2?}  median {median:>10.2?}  max {max:>10.2?}"
+        "close + totals + view:        min {min:>10.2?}  median {median:>10.2?}  max {max:>10.2?}"
+    );
+    let (min, median, max) = stats(&mut journal_times);
+    println!(
+        "journal (writer thread):      min {min:>10.2?}  median {median:>10.2?}  max {max:>10.2?}"
     );
     let (min, median, max) = stats(&mut tick_times);
     println!(

@@ -66,6 +66,15 @@ pub struct RunSubmission {
     pub workers_per_agent: u32,
     /// How long after every agent loaded the common start is; zero: the controller's default.
     pub start_delay: Duration,
+    /// The run's id, also its results folder's name (`--run-id`); `None`: the controller
+    /// makes one up.
+    pub run_id: Option<String>,
+    /// The submitter's command line, one argument per element, for `run.json`.
+    pub command_line: Vec<String>,
+    /// Load the scenario on the agents, then hold until a [`RunCommand::Start`].
+    pub wait_for_start: bool,
+    /// What happens when an agent leaves or is lost during the run.
+    pub on_agent_loss: crate::AgentLossPolicy,
 }
 
 /// The controller's registry and its current or last run.
@@ -73,6 +82,9 @@ pub struct RunSubmission {
 pub struct ClusterStatus {
     pub controller_version: String,
     pub agents: Vec<AgentView>,
+    /// Joined agents' EC2 instance ids (agent id -> instance id), when their Hello said
+    /// (`punisher cluster status` matches them against the cluster's instances).
+    pub instances: BTreeMap<String, String>,
     pub run: Option<RunView>,
 }
 
@@ -123,6 +135,10 @@ impl ClusterClient {
             scenario_name: run.scenario_name,
             workers_per_agent: run.workers_per_agent,
             start_delay_ms: run.start_delay.as_millis() as u64,
+            run_id: run.run_id.unwrap_or_default(),
+            command_line: run.command_line,
+            wait_for_start: run.wait_for_start,
+            on_agent_loss: run.on_agent_loss.to_wire(),
         };
         Ok(self.admin.submit_run(request).await?.into_inner().run_id)
     }
@@ -148,6 +164,12 @@ impl ClusterClient {
         Ok(ClusterStatus {
             controller_version: s.controller_version,
             agents: s.agents.iter().map(AgentView::from).collect(),
+            instances: s
+                .agents
+                .iter()
+                .filter(|a| !a.instance_id.is_empty())
+                .map(|a| (a.agent_id.clone(), a.instance_id.clone()))
+                .collect(),
             run,
         })
     }
@@ -156,6 +178,7 @@ impl ClusterClient {
     pub async fn command(&mut self, cmd: RunCommand) -> Result<String, ClientError> {
         use v1::command_request::Kind;
         let kind = match cmd {
+            RunCommand::Start => Kind::Start(true),
             RunCommand::Scale(n) => Kind::ScaleUsers(n),
             RunCommand::Pause => Kind::Pause(true),
             RunCommand::Resume => Kind::Resume(true),

@@ -17,6 +17,7 @@ use punisher_metrics::{SeriesData, SeriesKey, Snapshot, Summary, SummaryMeta, Ta
 use punisher_proto::v1::agent_message::Kind as Msg;
 use punisher_proto::v1::controller_message::Kind as Cmd;
 use punisher_proto::{ServiceError, v1};
+use punisher_results::{AgentInfo, LiveNumbers, ResultsDir, ResultsError, RunInfo};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -24,8 +25,9 @@ use tonic::Status;
 use tonic::codegen::Bytes;
 
 use crate::RunCommand;
-use crate::journal::{self, Journal};
+use crate::journal::Recorder;
 use crate::merge::Merger;
+use crate::prometheus::{Exposition, Publisher};
 use crate::registry::{Agent, AgentTx, Assignment, Conn};
 use crate::view::RunState;
 
@@ -46,6 +48,11 @@ const SUSPECT_CPU: f64 = 0.9;
 const SUSPECT_LAG: Duration = Duration::from_millis(250);
 /// Agent log lines are user text: bounded.
 const MAX_LOG_BYTES: usize = 4096;
+/// The end-of-run files (summary, JUnit, HTML report) of a run are written within this
+/// long, or the run ends without them (a stuck disk must not hold the controller).
+const RESULTS_FINISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Results writers reporting their end: at most one run finishes at a time.
+const RESULTS_DONE_QUEUE: usize = 4;
 
 /// A validated run submission.
 pub(crate) struct RunSpec {
@@ -58,6 +65,14 @@ pub(crate) struct RunSpec {
     pub(crate) scenario_name: String,
     pub(crate) workers_per_agent: u32,
     pub(crate) start_delay: Duration,
+    /// `--run-id`: the run's id and results folder name; `None`: made up.
+    pub(crate) run_id: Option<String>,
+    /// The submitter's command line, for `run.json`.
+    pub(crate) command_line: Vec<String>,
+    /// Load, then hold until [`RunCommand::Start`].
+    pub(crate) wait_for_start: bool,
+    /// What an agent leaving or lost mid-run means for the run.
+    pub(crate) on_agent_loss: crate::AgentLossPolicy,
 }
 
 pub(crate) type ViewRx = watch::Receiver<Arc<v1::RunView>>;
@@ -95,13 +110,19 @@ pub(crate) enum HubEvent {
     },
 }
 
+#[derive(Default)]
 struct Barrier {
+    /// Users arrived here, by agent (cumulative, as the agents count).
     arrived: HashMap<String, u64>,
+    /// Users that arrived here and then left the test, by agent (cumulative).
+    arrived_then_departed: HashMap<String, u64>,
     released: bool,
 }
 
 struct Run {
     id: String,
+    /// Submitted with `wait_for_start` and no Start command yet: loads, then holds.
+    held: bool,
     spec: RunSpec,
     state: RunState,
     /// Assigned agents, by index.
@@ -117,8 +138,22 @@ struct Run {
     vus_max: u64,
     paused: bool,
     barriers: BTreeMap<String, Barrier>,
+    /// Users that left the test, by agent (cumulative): barriers stop waiting for them.
+    departed: HashMap<String, u64>,
     messages: Vec<String>,
-    journal: Option<Journal>,
+    /// Departed and lost agents, and the shares others took over from them.
+    losses: crate::loss::Losses,
+    /// The results folder's writer, until the run's end hands it its last files.
+    recorder: Option<Recorder>,
+    /// The results folder, shown in views (`None`: no results).
+    results_dir: Option<PathBuf>,
+    /// `run.json` as known so far.
+    info: RunInfo,
+    /// The most users each agent ran at once, for `run.json`.
+    peak_users: HashMap<String, u64>,
+    /// The run is over and its end-of-run files are being written: this is its end state,
+    /// shown once they are (a client that sees the run over may rely on its folder).
+    finishing: Option<RunState>,
     view: watch::Sender<Arc<v1::RunView>>,
     last_interval: Bytes,
     last_totals: Bytes,
@@ -134,6 +169,11 @@ impl Run {
         !self.state.is_over()
     }
 
+    /// Active and not writing its end-of-run files: takes reports and commands.
+    fn taking_reports(&self) -> bool {
+        self.active() && self.finishing.is_none()
+    }
+
     fn started(&self) -> bool {
         matches!(
             self.state,
@@ -147,8 +187,17 @@ impl Run {
     }
 }
 
+/// A results writer finished the end-of-run files of a run.
+pub(crate) struct ResultsWritten {
+    run_id: String,
+    problems: Vec<String>,
+}
+
 pub(crate) struct Hub {
-    results_dir: PathBuf,
+    results_dir: Option<PathBuf>,
+    prometheus: Option<Publisher>,
+    results_done_tx: mpsc::Sender<ResultsWritten>,
+    results_done_rx: mpsc::Receiver<ResultsWritten>,
     lost_after: Duration,
     agents: BTreeMap<String, Agent>,
     conns: HashMap<u64, String>,
@@ -194,6 +243,7 @@ pub(crate) async fn run_hub(
                 Some(event) => hub.handle(event).await,
                 None => break,
             },
+            Some(done) = hub.results_done_rx.recv() => hub.results_written(done),
             _ = check.tick() => hub.check().await,
             _ = tick.tick() => hub.tick().await,
         }
@@ -202,9 +252,17 @@ pub(crate) async fn run_hub(
 }
 
 impl Hub {
-    pub(crate) fn new(results_dir: PathBuf, lost_after: Duration) -> Hub {
+    pub(crate) fn new(
+        results_dir: Option<PathBuf>,
+        lost_after: Duration,
+        prometheus: Option<Publisher>,
+    ) -> Hub {
+        let (results_done_tx, results_done_rx) = mpsc::channel(RESULTS_DONE_QUEUE);
         Hub {
             results_dir,
+            prometheus,
+            results_done_tx,
+            results_done_rx,
             lost_after,
             agents: BTreeMap::new(),
             conns: HashMap::new(),
@@ -339,6 +397,10 @@ impl Hub {
                         run_id: run.id.clone(),
                         at_unix_ms,
                     }));
+                    // Shares it took over from departed agents (repeats are no-ops).
+                    if let Some(shares) = run.losses.adopted.get(&id) {
+                        agent.send(adopt_message(&run.id, shares));
+                    }
                 }
             }
             if was_lost {
@@ -395,6 +457,7 @@ impl Hub {
             ),
             Some(Msg::Report(report)) => self.on_report(&id, report).await,
             Some(Msg::BarrierArrive(b)) => self.on_barrier(&id, b),
+            Some(Msg::BarrierDepart(d)) => self.on_barrier_depart(&id, d),
             Some(Msg::Log(log)) => {
                 let mut text = log.message;
                 if text.len() > MAX_LOG_BYTES {
@@ -417,6 +480,7 @@ impl Hub {
                 if unfinished && let Some(run) = self.run.as_mut().filter(|r| r.active()) {
                     agent.lost = true;
                     run.note(format!("agent {id} left the run: {}", g.reason));
+                    self.agent_gone(&id, &g.reason, None);
                     self.after_lost().await;
                 }
             }
@@ -436,7 +500,7 @@ impl Hub {
         let run = self
             .run
             .as_mut()
-            .filter(|r| r.active() && r.id == report.run_id);
+            .filter(|r| r.taking_reports() && r.id == report.run_id);
         let assignment = agent
             .assignment
             .as_mut()
@@ -479,6 +543,7 @@ impl Hub {
         a.arrived_users = report.arrived_users;
         a.cpu_busy_max = report.cpu_busy_max;
         a.event_loop_lag_us = report.event_loop_lag_us;
+        a.open_connections = report.open_connections;
         a.suspect = report.cpu_busy_max > SUSPECT_CPU
             || Duration::from_micros(report.event_loop_lag_us) > SUSPECT_LAG;
         if a.suspect {
@@ -487,6 +552,31 @@ impl Hub {
         if report.finished {
             a.finished = true;
             a.active_users = 0;
+            if report.departing {
+                // It leaves before its share is done (a spot interruption): what it did not
+                // start goes to the others, per the run's policy.
+                agent.lost = true;
+                let departure = crate::loss::Departure {
+                    shares: report
+                        .left_over
+                        .iter()
+                        .filter_map(|s| {
+                            let segment =
+                                punisher_proto::convert::segment_from_wire(s.segment).ok()?;
+                            Some((segment, s.from_user))
+                        })
+                        .collect(),
+                    interrupted_users: report.interrupted_users,
+                    from_unix_ms: report.departed_unix_ms,
+                };
+                let reason = if report.departure_reason.is_empty() {
+                    "departed".to_owned()
+                } else {
+                    report.departure_reason.clone()
+                };
+                self.agent_gone(id, &reason, Some(departure));
+                self.check_barriers();
+            }
             self.maybe_finish().await;
         }
     }
@@ -511,33 +601,82 @@ impl Hub {
             );
             return;
         }
-        let barrier = run.barriers.entry(b.name).or_insert_with(|| Barrier {
-            arrived: HashMap::new(),
-            released: false,
-        });
+        let barrier = run.barriers.entry(b.name).or_default();
         let count = barrier.arrived.entry(id.to_owned()).or_insert(0);
         *count = (*count).max(b.arrived);
         self.check_barriers();
     }
 
-    /// Releases every barrier that all expected users reached: all users of the test
-    /// except those of lost agents (who will never arrive).
+    /// Users of agent `id` left the test: barriers they never reached stop waiting.
+    fn on_barrier_depart(&mut self, id: &str, d: v1::BarrierDepart) {
+        let Some(run) = self.run.as_mut().filter(|r| r.active() && r.id == d.run_id) else {
+            return;
+        };
+        let new_names = d
+            .arrived_then_departed
+            .keys()
+            .filter(|name| !run.barriers.contains_key(*name))
+            .count();
+        if d.arrived_then_departed
+            .keys()
+            .any(|name| name.is_empty() || name.len() > punisher_proto::MAX_BARRIER_NAME_BYTES)
+        {
+            self.disconnect(
+                id,
+                Status::invalid_argument("barrier name empty or too long"),
+            );
+            return;
+        }
+        if run.barriers.len() + new_names > punisher_proto::MAX_BARRIERS_PER_RUN {
+            self.disconnect(
+                id,
+                Status::resource_exhausted("too many barriers in one run"),
+            );
+            return;
+        }
+        // Counts are cumulative: the highest seen is the truth (a resend repeats one).
+        let departed = run.departed.entry(id.to_owned()).or_insert(0);
+        *departed = (*departed).max(d.departed);
+        for (name, n) in d.arrived_then_departed {
+            let barrier = run.barriers.entry(name).or_default();
+            let count = barrier
+                .arrived_then_departed
+                .entry(id.to_owned())
+                .or_insert(0);
+            *count = (*count).max(n);
+        }
+        self.check_barriers();
+    }
+
+    /// Releases every barrier that all expected users reached or left the test without
+    /// reaching: all users of the test except those of lost agents (who will never arrive).
     fn check_barriers(&mut self) {
         let Some(run) = self.run.as_mut().filter(|r| r.active()) else {
             return;
         };
-        let lost_users: u64 = run
+        let lost_users =
+            crate::loss::lost_users(&run.agents, &self.agents, &run.losses, run.target_users);
+        let expected = run.target_users.saturating_sub(lost_users);
+        // Agents still in the run; a lost agent's users are out of `expected`, so its
+        // arrivals and departures are out of the sums too.
+        let counted: Vec<&String> = run
             .agents
             .iter()
-            .filter_map(|id| self.agents.get(id))
-            .filter(|a| a.lost)
-            .filter_map(|a| a.assignment.as_ref())
-            .map(|a| a.segment.count_below(run.target_users))
-            .sum();
-        let expected = run.target_users.saturating_sub(lost_users);
+            .filter(|id| self.agents.get(*id).is_some_and(|a| !a.lost))
+            .collect();
         let mut released = Vec::new();
         for (name, b) in run.barriers.iter_mut() {
-            if !b.released && b.arrived.values().sum::<u64>() >= expected {
+            // Users settled here: arrived, or left the test without arriving.
+            let settled: u64 = counted
+                .iter()
+                .map(|id| {
+                    let arrived = b.arrived.get(*id).copied().unwrap_or(0);
+                    let departed = run.departed.get(*id).copied().unwrap_or(0);
+                    let both = b.arrived_then_departed.get(*id).copied().unwrap_or(0);
+                    (arrived + departed).saturating_sub(both)
+                })
+                .sum();
+            if !b.released && settled >= expected {
                 b.released = true;
                 released.push(name.clone());
             }
@@ -582,22 +721,34 @@ impl Hub {
                 .and_then(|a| a.assignment.as_ref())
                 .is_some_and(|a| a.loaded)
         });
-        if all {
-            let start_ms = unix_ms() + run.spec.start_delay.as_millis() as u64;
-            run.start = Some((Instant::now() + run.spec.start_delay, start_ms));
-            run.state = RunState::Starting;
+        if all && run.held {
             run.load_deadline = None;
-            for id in &run.agents {
-                if let Some(agent) = self.agents.get_mut(id) {
-                    agent.send(Cmd::Start(v1::Start {
-                        run_id: run.id.clone(),
-                        at_unix_ms: start_ms,
-                    }));
-                }
-            }
-            tracing::info!(run_id = %run.id, agents = run.agents.len(), start_ms, "run starting");
+            run.note("loaded on every agent: waiting for a start signal".into());
             self.publish(None);
+        } else if all {
+            self.start_loaded();
         }
+    }
+
+    /// Every agent loaded: sets the common start instant and sends it.
+    fn start_loaded(&mut self) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        let start_ms = unix_ms() + run.spec.start_delay.as_millis() as u64;
+        run.start = Some((Instant::now() + run.spec.start_delay, start_ms));
+        run.state = RunState::Starting;
+        run.load_deadline = None;
+        for id in &run.agents {
+            if let Some(agent) = self.agents.get_mut(id) {
+                agent.send(Cmd::Start(v1::Start {
+                    run_id: run.id.clone(),
+                    at_unix_ms: start_ms,
+                }));
+            }
+        }
+        tracing::info!(run_id = %run.id, agents = run.agents.len(), start_ms, "run starting");
+        self.publish(None);
     }
 
     // ---------------------------------------------------------------------------------
@@ -611,12 +762,37 @@ impl Hub {
                 run.id, run.state
             )));
         }
-        let id = new_run_id();
+        let id = spec.run_id.clone().unwrap_or_else(new_run_id);
+        let info = run_info(&id, &spec);
+        // The folder is created now, so that a taken run id or an unwritable disk refuses
+        // the submission before any agent is busy; the thread writes `run.json` itself.
+        let recorder = match &self.results_dir {
+            Some(base) => {
+                let dir = ResultsDir::create(base, &id).map_err(|e| match e {
+                    ResultsError::InvalidRunId(_) => ServiceError::Invalid(e.to_string()),
+                    ResultsError::Exists(_) => {
+                        ServiceError::Conflict(format!("{e}: choose another run id"))
+                    }
+                    e => ServiceError::Internal(format!("cannot create the results folder: {e}")),
+                })?;
+                let recorder = Recorder::start(dir, info.clone()).map_err(|e| {
+                    ServiceError::Internal(format!("cannot start the results writer: {e}"))
+                })?;
+                tracing::info!(run_id = %id, dir = %recorder.path().display(), "results folder created");
+                Some(recorder)
+            }
+            None => None,
+        };
+        if let Some(prometheus) = &self.prometheus {
+            // Scrapes show the new run from now on (counters restart from zero).
+            prometheus.publish(Exposition::default());
+        }
         let target_users = spec.plan.executor.max_users();
         let (view, _) = watch::channel(Arc::new(v1::RunView::default()));
         tracing::info!(run_id = %id, scenario = %spec.scenario_name, wait_agents = spec.wait_agents, "run submitted");
         self.run = Some(Run {
             id: id.clone(),
+            held: spec.wait_for_start,
             spec,
             state: RunState::WaitingForAgents,
             agents: Vec::new(),
@@ -630,8 +806,14 @@ impl Hub {
             vus_max: 0,
             paused: false,
             barriers: BTreeMap::new(),
+            departed: HashMap::new(),
             messages: Vec::new(),
-            journal: None,
+            losses: Default::default(),
+            results_dir: recorder.as_ref().map(|r| r.path().to_owned()),
+            recorder,
+            info,
+            peak_users: HashMap::new(),
+            finishing: None,
             view,
             last_interval: Default::default(),
             last_totals: Default::default(),
@@ -670,7 +852,6 @@ impl Hub {
             .collect();
         let segments = Segment::FULL.split(&weights);
         let plan_json = punisher_proto::convert::plan_to_json(&run.spec.plan);
-        let mut allocation = Vec::new();
         for (index, (id, segment)) in idle.iter().zip(&segments).enumerate() {
             let Some(agent) = self.agents.get_mut(id) else {
                 continue;
@@ -685,30 +866,13 @@ impl Hub {
                 index,
                 idle.len(),
             )));
-            allocation.push(serde_json::json!({
-                "agent_id": id,
-                "hostname": agent.hello.hostname,
-                "region": agent.hello.region,
-                "cores": agent.cores(),
-                "segment": [segment.start, segment.end],
-            }));
         }
         run.agents = idle;
         run.state = RunState::Loading;
         run.load_deadline = Some(Instant::now() + LOAD_TIMEOUT);
-        let meta = serde_json::json!({
-            "run_id": run.id,
-            "scenario": run.spec.scenario_name,
-            "plan": run.spec.plan,
-            "test_users": run.target_users,
-            "agents": allocation,
-        });
-        match Journal::create(&self.results_dir, &run.id, &meta).await {
-            Ok(j) => {
-                tracing::info!(run_id = %run.id, dir = %j.dir().display(), "journal opened");
-                run.journal = Some(j);
-            }
-            Err(e) => run.note(format!("no journal for this run: {e}")),
+        run.info.agents = agent_infos(run, &self.agents);
+        if let Some(recorder) = run.recorder.as_mut() {
+            recorder.update_info(run.info.clone());
         }
         tracing::info!(run_id = %run.id, agents = run.agents.len(), "run allocated");
         self.publish(None);
@@ -726,12 +890,27 @@ impl Hub {
     }
 
     async fn command(&mut self, cmd: RunCommand) -> Result<v1::CommandResponse, ServiceError> {
-        let Some(run) = self.run.as_mut().filter(|r| r.active()) else {
+        let Some(run) = self.run.as_mut().filter(|r| r.taking_reports()) else {
             return Err(ServiceError::NotFound("no run in progress".into()));
         };
         let run_id = run.id.clone();
         let before_start = !run.started();
         let message = match cmd {
+            RunCommand::Start if !run.held => {
+                return Err(ServiceError::Conflict(format!(
+                    "run {run_id} is not waiting for a start signal"
+                )));
+            }
+            RunCommand::Start => {
+                run.held = false;
+                run.note("start signal received".into());
+                // Loaded everywhere (no load deadline left): start now; still loading: the
+                // last Loaded starts it.
+                if run.state == RunState::Loading && run.load_deadline.is_none() {
+                    self.start_loaded();
+                }
+                "starting".into()
+            }
             RunCommand::Scale(users) => {
                 run.target_users = users;
                 run.note(format!("scaled to {users} users"));
@@ -811,7 +990,7 @@ impl Hub {
 
     /// Ends a run that could not complete (exit code 1).
     async fn fail_run(&mut self, reason: String) {
-        let Some(run) = self.run.as_mut().filter(|r| r.active()) else {
+        let Some(run) = self.run.as_mut().filter(|r| r.taking_reports()) else {
             return;
         };
         run.note(reason.clone());
@@ -824,6 +1003,103 @@ impl Hub {
             })
         });
         self.finish_run(RunState::Failed).await;
+    }
+
+    /// An agent of the started run departed (`departure`: its final report said what it
+    /// left) or was lost (estimated from its last report): applies the run's
+    /// [`crate::AgentLossPolicy`] once, and records the window in the run's messages.
+    fn agent_gone(&mut self, id: &str, reason: &str, departure: Option<crate::loss::Departure>) {
+        use crate::AgentLossPolicy;
+        use crate::loss::{AgentLoss, shares_count, split_shares};
+        let Some(run) = self.run.as_mut().filter(|r| r.started() && r.active()) else {
+            return;
+        };
+        let Some(agent) = self.agents.get(id) else {
+            return;
+        };
+        let Some(a) = agent.assignment.as_ref() else {
+            return;
+        };
+        if !run.losses.gone.insert(id.to_owned()) {
+            return;
+        }
+        let now_ms = unix_ms();
+        let departure = departure.unwrap_or_else(|| crate::loss::Departure {
+            shares: run
+                .losses
+                .estimated_left_over(id, a.segment, a.arrived_users),
+            interrupted_users: a.active_users,
+            from_unix_ms: now_ms.saturating_sub(
+                Instant::now()
+                    .saturating_duration_since(agent.last_seen)
+                    .as_millis() as u64,
+            ),
+        });
+        // While stopping, arrivals are over everywhere: there is nothing left to hand over.
+        let policy = if run.state == RunState::Stopping {
+            AgentLossPolicy::Continue
+        } else {
+            run.spec.on_agent_loss
+        };
+        let mut loss = AgentLoss {
+            agent: id.to_owned(),
+            reason: reason.to_owned(),
+            policy,
+            from_unix_ms: if departure.from_unix_ms == 0 {
+                now_ms
+            } else {
+                departure.from_unix_ms
+            },
+            to_unix_ms: now_ms,
+            interrupted_users: departure.interrupted_users,
+            reassigned_users: shares_count(&departure.shares, run.target_users),
+            to: Vec::new(),
+        };
+        if policy == AgentLossPolicy::Reassign {
+            let survivors: Vec<String> = run
+                .agents
+                .iter()
+                .filter(|other| other.as_str() != id)
+                .filter(|other| {
+                    self.agents.get(*other).is_some_and(|o| {
+                        !o.lost
+                            && o.conn.is_some()
+                            && o.assignment.as_ref().is_some_and(|a| !a.finished)
+                    })
+                })
+                .cloned()
+                .collect();
+            let weights: Vec<f64> = survivors
+                .iter()
+                .map(|s| f64::from(self.agents[s].cores()))
+                .collect();
+            let parts = split_shares(&departure.shares, &weights);
+            for (survivor, part) in survivors.iter().zip(parts) {
+                if part.is_empty() {
+                    continue;
+                }
+                if let Some(agent) = self.agents.get_mut(survivor) {
+                    agent.send(adopt_message(&run.id, &part));
+                }
+                run.losses
+                    .adopted
+                    .entry(survivor.clone())
+                    .or_default()
+                    .extend(part);
+            }
+            if !survivors.is_empty() {
+                run.losses
+                    .reassigned
+                    .insert(id.to_owned(), departure.shares.clone());
+            }
+            loss.to = survivors;
+        }
+        run.note(loss.to_message());
+        if policy == AgentLossPolicy::Abort {
+            self.abort_run(format!(
+                "agent {id} left the run and --on-agent-loss is abort"
+            ));
+        }
     }
 
     /// An agent of the run was lost: before the start the run cannot go on; after it,
@@ -873,6 +1149,9 @@ impl Hub {
 
     /// The last interval, final thresholds, the summary, and the end state.
     async fn finish_run(&mut self, state: RunState) {
+        if self.run.as_ref().is_none_or(|r| r.finishing.is_some()) {
+            return;
+        }
         let started = self.run.as_ref().is_some_and(Run::started);
         if started {
             self.merge_tick(true).await;
@@ -904,7 +1183,12 @@ impl Hub {
             let Some(agent) = self.agents.get(id) else {
                 continue;
             };
-            if agent.lost {
+            if agent.lost && agent.assignment.as_ref().is_some_and(|a| a.finished) {
+                // It departed with a final report (a spot interruption): nothing is missing.
+                notes.push(format!(
+                    "agent {id} left the run early (see agent_loss); all of its reports are included"
+                ));
+            } else if agent.lost {
                 notes.push(format!(
                     "agent {id} was lost; its users' data up to its last acknowledged report is included"
                 ));
@@ -928,12 +1212,51 @@ impl Hub {
         }
         run.summary_json = json.to_string();
         run.summary_text = text;
-        run.state = state;
-        if let Some(journal) = run.journal.as_mut()
-            && let Err(e) = journal.finish(&json, &run.summary_text).await
-        {
-            run.messages.push(e.to_string());
+        if let Some(recorder) = run.recorder.take() {
+            // The end state is shown once the folder is complete; until then the run takes
+            // no reports, commands or ticks (`finishing`), and the hub goes on serving.
+            run.info.agents = agent_infos(run, &self.agents);
+            run.info.started_unix_ms = start_ms;
+            run.info.started = punisher_results::rfc3339(start_ms);
+            run.info.finish(unix_ms());
+            run.finishing = Some(state);
+            let written = recorder.finish(run.info.clone(), summary);
+            let done = self.results_done_tx.clone();
+            let run_id = run.id.clone();
+            tokio::spawn(async move {
+                let problems = match tokio::time::timeout(RESULTS_FINISH_TIMEOUT, written).await {
+                    Ok((_, problems)) => problems,
+                    Err(_) => vec![format!(
+                        "the results writer did not finish within {RESULTS_FINISH_TIMEOUT:?}"
+                    )],
+                };
+                let _ = done.send(ResultsWritten { run_id, problems }).await;
+            });
+            return;
         }
+        self.complete_run(state);
+    }
+
+    /// The end-of-run files of the current run are written (or failed).
+    fn results_written(&mut self, done: ResultsWritten) {
+        let Some(run) = self.run.as_mut().filter(|r| r.id == done.run_id) else {
+            return;
+        };
+        let Some(state) = run.finishing.take() else {
+            return;
+        };
+        for problem in done.problems {
+            run.note(format!("results: {problem}"));
+        }
+        self.complete_run(state);
+    }
+
+    /// Shows the run's end state and frees its agents.
+    fn complete_run(&mut self, state: RunState) {
+        let Some(run) = self.run.as_mut() else {
+            return;
+        };
+        run.state = state;
         tracing::info!(run_id = %run.id, exit_code = run.exit_code, ?state, "run over");
         let assigned = run.agents.clone();
         // The final view shows each agent as the run ended.
@@ -955,7 +1278,11 @@ impl Hub {
 
     /// Closes the merged second: journal, acknowledgements, thresholds, live view.
     async fn merge_tick(&mut self, last: bool) {
-        let Some(run) = self.run.as_mut().filter(|r| r.started()) else {
+        let Some(run) = self
+            .run
+            .as_mut()
+            .filter(|r| r.started() && r.finishing.is_none())
+        else {
             return;
         };
         let now_ms = unix_ms();
@@ -964,10 +1291,15 @@ impl Hub {
         }
         let mut active = 0;
         let mut live = 0;
+        let mut open_connections = 0;
         for id in &run.agents {
             if let Some(agent) = self.agents.get(id).filter(|a| !a.lost) {
                 live += 1;
-                active += agent.assignment.as_ref().map_or(0, |a| a.active_users);
+                let users = agent.assignment.as_ref().map_or(0, |a| a.active_users);
+                active += users;
+                open_connections += agent.assignment.as_ref().map_or(0, |a| a.open_connections);
+                let peak = run.peak_users.entry(id.clone()).or_insert(0);
+                *peak = (*peak).max(users);
             }
         }
         run.vus_max = run.vus_max.max(active);
@@ -989,15 +1321,31 @@ impl Hub {
         };
         run.interval_start_ms = now_ms;
         run.tick += 1;
-        if let Some(journal) = run.journal.as_mut() {
-            let line =
-                journal::interval_line(run.tick, &closed.snapshot, &closed.encoded, active, live);
-            if let Err(e) = journal.append(&line).await {
-                run.journal = None;
-                run.note(format!("journal stopped: {e}"));
+        let live = LiveNumbers {
+            users_active: active,
+            users_target: run.target_users,
+            open_connections: Some(open_connections),
+            open_sockets: None,
+            agents: live,
+        };
+        if run.tick == 1 && run.recorder.is_some() {
+            // The start instant and the agents' clock offsets are known by now.
+            if let Some((_, start_ms)) = run.start {
+                run.info.started_unix_ms = start_ms;
+                run.info.started = punisher_results::rfc3339(start_ms);
+            }
+            run.info.agents = agent_infos(run, &self.agents);
+            let info = run.info.clone();
+            if let Some(recorder) = run.recorder.as_mut() {
+                recorder.update_info(info);
             }
         }
-        // Only now is the data on disk: acknowledge it, so that agents may forget it.
+        if let Some(recorder) = run.recorder.as_mut() {
+            // Journal first: the writer thread has the second before anyone is shown it.
+            recorder.append(closed.snapshot, live.clone());
+        }
+        // The second is journalled (or queued to the writer, which never loses it short of
+        // a crash): acknowledge it, so that agents may forget it.
         for id in &run.agents {
             if let Some(agent) = self.agents.get_mut(id)
                 && let Some(a) = agent.assignment.as_mut().filter(|a| a.ack_due)
@@ -1012,6 +1360,12 @@ impl Hub {
         }
         run.last_interval = closed.encoded.into();
         run.last_totals = run.merger.encode_totals().into();
+        if let Some(prometheus) = &self.prometheus {
+            prometheus.publish(Exposition {
+                totals: run.last_totals.clone(),
+                live: Some(live),
+            });
+        }
         let thresholds = threshold_views(run);
         if !last && run.state == RunState::Running {
             let elapsed = run.start.map_or(Duration::ZERO, |(i, _)| {
@@ -1090,6 +1444,7 @@ impl Hub {
                 if let Some(run) = self.run.as_mut() {
                     run.note(message);
                 }
+                self.agent_gone(&id, why, None);
             } else if agent.assignment.is_none() {
                 self.agents.remove(&id);
             }
@@ -1105,7 +1460,9 @@ impl Hub {
                     ))
                     .await;
                 }
-                RunState::Starting if run.start.is_some_and(|(at, _)| now >= at) => {
+                RunState::Starting
+                    if run.finishing.is_none() && run.start.is_some_and(|(at, _)| now >= at) =>
+                {
                     run.state = RunState::Running;
                     self.publish(None);
                 }
@@ -1183,6 +1540,15 @@ impl Hub {
             exit_code: run.exit_code,
             messages: run.messages.clone(),
             paused: run.paused,
+            results_dir: run
+                .results_dir
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            barriers: barrier_views(run, &self.agents),
+            waiting_for_start: run.held && !run.started(),
+            planned_ms: run.spec.plan.executor.planned_duration().as_millis() as u64,
+            scenario_name: run.spec.scenario_name.clone(),
         };
         run.view.send_replace(Arc::new(view));
     }
@@ -1241,6 +1607,35 @@ fn load_message(
     }
 }
 
+fn adopt_message(run_id: &str, shares: &[(Segment, u64)]) -> Cmd {
+    Cmd::Adopt(v1::Adopt {
+        run_id: run_id.to_owned(),
+        shares: shares
+            .iter()
+            .map(|(segment, from_user)| v1::Share {
+                segment: Some((*segment).into()),
+                from_user: *from_user,
+            })
+            .collect(),
+    })
+}
+
+/// Each barrier's progress; expected as in [`Hub::check_barriers`]: every user of the test
+/// but those of lost agents.
+fn barrier_views(run: &Run, agents: &BTreeMap<String, Agent>) -> Vec<v1::BarrierView> {
+    let lost_users = crate::loss::lost_users(&run.agents, agents, &run.losses, run.target_users);
+    let expected = run.target_users.saturating_sub(lost_users);
+    run.barriers
+        .iter()
+        .map(|(name, b)| v1::BarrierView {
+            name: name.clone(),
+            arrived: b.arrived.values().sum(),
+            expected,
+            released: b.released,
+        })
+        .collect()
+}
+
 fn threshold_views(run: &Run) -> Vec<v1::ThresholdView> {
     let totals = run.merger.totals();
     run.spec
@@ -1276,4 +1671,49 @@ fn user_gauges(active: u64, vus_max: u64, now_ms: u64) -> Snapshot {
         );
     }
     snapshot
+}
+
+/// `run.json` as known at submission: the scenario, the plan after overrides.
+fn run_info(id: &str, spec: &RunSpec) -> RunInfo {
+    let bundle = &spec.bundle;
+    let text = bundle.sources.get(&bundle.entry).map_or("", String::as_str);
+    let options = serde_json::to_value(&spec.plan).unwrap_or(serde_json::Value::Null);
+    let mut info = RunInfo::new(
+        id,
+        punisher_proto::SOFTWARE_VERSION,
+        &spec.scenario_name,
+        text,
+        options,
+        spec.command_line.clone(),
+        unix_ms(),
+    );
+    info.executor = spec.plan.executor.kind().to_owned();
+    info.thresholds = spec.plan.thresholds.clone();
+    info
+}
+
+/// The run's agents as `run.json` lists them: where they ran, their clock offsets (from
+/// ping round trips), the most users each ran, how they ended.
+fn agent_infos(run: &Run, agents: &BTreeMap<String, Agent>) -> Vec<AgentInfo> {
+    run.agents
+        .iter()
+        .filter_map(|id| agents.get(id))
+        .map(|a| AgentInfo {
+            id: a.id.clone(),
+            hostname: a.hello.hostname.clone(),
+            region: a.hello.region.clone(),
+            clock_offset_ms: a.clock.offset_ms(),
+            cores: a.cores(),
+            peak_users: run.peak_users.get(&a.id).copied().unwrap_or(0),
+            state: match a.state(run.state == RunState::Loading) {
+                crate::view::AgentState::Idle => "idle",
+                crate::view::AgentState::Loading => "loading",
+                crate::view::AgentState::Ready => "ready",
+                crate::view::AgentState::Running => "running",
+                crate::view::AgentState::Finished => "finished",
+                crate::view::AgentState::Lost => "lost",
+            }
+            .to_owned(),
+        })
+        .collect()
 }

@@ -1,197 +1,210 @@
-//! The run's results folder: `run.json` (what ran where), `metrics.jsonl` (one JSON line per
-//! merged second, written before that second is shown), and at the end `summary.json` and
-//! `summary.txt`. Each line holds the interval's headline numbers per series and its exact
-//! encoded snapshot (base64), so the run can be re-merged from the journal alone; a
-//! controller crash loses at most the second in flight.
+//! The run's results folder (punisher-results' format, the same as every `punisher run`
+//! leaves): `run.json` when the run is accepted and again as it learns its agents, its start
+//! and its end; one merged second at a time `timeseries.jsonl` and the `.hlog` files; and at
+//! the end `summary.json`, `junit.xml` and `report.html`.
+//!
+//! Appending a second costs 1-70 ms (deflating histograms, flushing files), far too long
+//! for the hub, which must keep merging agents' reports. So the hub hands each second to
+//! the [`Recorder`]'s thread through a bounded channel before it shows that second, and
+//! never waits for it. When the thread falls behind (a stalled disk), seconds are merged in
+//! the hub and sent as one longer interval once there is room: nothing is lost, nothing
+//! blocks, and a crash loses only what the thread had not written yet (the second in
+//! flight, unless the disk stalls).
 
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
-use base64::Engine as _;
-use punisher_metrics::{SeriesData, Snapshot};
-use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
+use punisher_metrics::{Snapshot, Summary};
+use punisher_results::{Journal, LiveNumbers, ResultsDir, RunInfo};
+use tokio::sync::{mpsc, oneshot};
 
-/// An open journal.
-pub(crate) struct Journal {
-    dir: PathBuf,
-    metrics: tokio::fs::File,
+/// Seconds waiting for the writer thread. A minute of backlog means the disk is stuck;
+/// beyond it the hub merges seconds instead of queueing more of them.
+const SECONDS_CHANNEL_CAPACITY: usize = 64;
+
+enum Message {
+    Second(Box<Snapshot>, LiveNumbers),
+    /// `run.json` again, with what the run learnt since (agents, start time).
+    Info(Box<RunInfo>),
+    Finish {
+        info: Box<RunInfo>,
+        summary: Box<Summary>,
+        done: oneshot::Sender<Vec<String>>,
+    },
 }
 
-/// A journal write that failed; the run goes on and the view says so.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the journal in {path}: {source}")]
-pub(crate) struct JournalError {
-    path: PathBuf,
-    source: std::io::Error,
+/// The writer of one run's results folder.
+pub(crate) struct Recorder {
+    dir: ResultsDir,
+    tx: mpsc::Sender<Message>,
+    /// A second (or several, merged) that did not fit in the channel yet.
+    carry: Option<(Snapshot, LiveNumbers)>,
+    /// A `run.json` update that did not fit in the channel yet.
+    carry_info: Option<RunInfo>,
+    warned_full: bool,
+    thread: Option<JoinHandle<()>>,
 }
 
-fn err(path: &Path, source: std::io::Error) -> JournalError {
-    JournalError {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-impl Journal {
-    /// Creates `results_dir/run_id/` and writes `run.json`.
-    pub(crate) async fn create(
-        results_dir: &Path,
-        run_id: &str,
-        run: &Value,
-    ) -> Result<Journal, JournalError> {
-        let dir = results_dir.join(run_id);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| err(&dir, e))?;
-        let run_path = dir.join("run.json");
-        let text = serde_json::to_string_pretty(run).unwrap_or_default();
-        tokio::fs::write(&run_path, text)
-            .await
-            .map_err(|e| err(&run_path, e))?;
-        let metrics_path = dir.join("metrics.jsonl");
-        let metrics = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .await
-            .map_err(|e| err(&metrics_path, e))?;
-        Ok(Journal { dir, metrics })
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Appends one merged second and waits until the OS has it.
-    pub(crate) async fn append(&mut self, line: &Value) -> Result<(), JournalError> {
-        let mut text = serde_json::to_vec(line).unwrap_or_default();
-        text.push(b'\n');
-        let path = self.dir.join("metrics.jsonl");
-        self.metrics
-            .write_all(&text)
-            .await
-            .map_err(|e| err(&path, e))?;
-        self.metrics.flush().await.map_err(|e| err(&path, e))
-    }
-
-    /// Writes the end-of-run files.
-    pub(crate) async fn finish(&mut self, summary: &Value, text: &str) -> Result<(), JournalError> {
-        let json_path = self.dir.join("summary.json");
-        let body = serde_json::to_string_pretty(summary).unwrap_or_default();
-        tokio::fs::write(&json_path, body)
-            .await
-            .map_err(|e| err(&json_path, e))?;
-        let text_path = self.dir.join("summary.txt");
-        tokio::fs::write(&text_path, text)
-            .await
-            .map_err(|e| err(&text_path, e))
-    }
-}
-
-/// One journal line: the interval's numbers per series, headline percentiles, and the
-/// exact encoded interval. Per series it writes only what costs O(1) (count, min, max for
-/// trends): walking 40 merged histograms for percentiles every second cost more than the
-/// merge itself. Percentiles of `http_req_duration` over all requests come once, and any
-/// other can be computed from the exact snapshot.
-pub(crate) fn interval_line(
-    tick: u64,
-    snapshot: &Snapshot,
-    encoded: &[u8],
-    active_users: u64,
-    live_agents: usize,
-) -> Value {
-    let series: Vec<Value> = snapshot
-        .series
-        .iter()
-        .map(|(key, data)| {
-            let tags: Map<String, Value> = key
-                .tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                .collect();
-            let mut entry = json!({ "metric": &*key.metric, "tags": tags });
-            if let Value::Object(map) = &mut entry {
-                values(data, map);
-            }
-            entry
+impl Recorder {
+    /// Starts the writer thread of a created folder; the thread writes `run.json` first.
+    pub(crate) fn start(dir: ResultsDir, info: RunInfo) -> std::io::Result<Recorder> {
+        let (tx, rx) = mpsc::channel(SECONDS_CHANNEL_CAPACITY);
+        let thread_dir = dir.clone();
+        let thread = std::thread::Builder::new()
+            .name("punisher-results".into())
+            .spawn(move || write_loop(thread_dir, info, rx))?;
+        Ok(Recorder {
+            dir,
+            tx,
+            carry: None,
+            carry_info: None,
+            warned_full: false,
+            thread: Some(thread),
         })
-        .collect();
-    let mut headline = Map::new();
-    let mut durations: Option<Box<hdrhistogram::Histogram<u64>>> = None;
-    for (key, data) in &snapshot.series {
-        if let ("http_req_duration", SeriesData::Trend { hist, .. }) = (&*key.metric, data) {
-            match &mut durations {
-                None => durations = Some(hist.clone()),
-                Some(all) => {
-                    let _ = all.add(&**hist);
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Rewrites `run.json`; never waits.
+    pub(crate) fn update_info(&mut self, info: RunInfo) {
+        match self.tx.try_send(Message::Info(Box::new(info))) {
+            Ok(()) => self.carry_info = None,
+            Err(mpsc::error::TrySendError::Full(Message::Info(info))) => {
+                self.carry_info = Some(*info);
+            }
+            // The thread is gone (it only stops on a panic); `finish` says so.
+            Err(_) => {}
+        }
+    }
+
+    /// Queues one merged second; never waits.
+    pub(crate) fn append(&mut self, second: Snapshot, live: LiveNumbers) {
+        if let Some(info) = self.carry_info.take() {
+            self.update_info(info);
+        }
+        let (second, live) = match self.carry.take() {
+            Some((mut earlier, _)) => {
+                if let Err(e) = earlier.merge(&second) {
+                    tracing::warn!(error = %e, "a journalled second could not be merged");
+                }
+                (earlier, live)
+            }
+            None => (second, live),
+        };
+        match self.tx.try_send(Message::Second(Box::new(second), live)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(Message::Second(second, live))) => {
+                if !self.warned_full {
+                    self.warned_full = true;
+                    tracing::warn!(
+                        dir = %self.dir.path().display(),
+                        "the results writer is behind; merging seconds until it catches up"
+                    );
+                }
+                self.carry = Some((*second, live));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// The end of the run: `run.json` with its end time and agents, `summary.json`,
+    /// `junit.xml` and `report.html`. The future (spawn it: it waits for the disk) yields
+    /// the folder and the problems met on the way, each second's write errors included.
+    pub(crate) async fn finish(
+        mut self,
+        info: RunInfo,
+        summary: Summary,
+    ) -> (PathBuf, Vec<String>) {
+        let mut problems = Vec::new();
+        if let Some((second, live)) = self.carry.take()
+            && self
+                .tx
+                .send(Message::Second(Box::new(second), live))
+                .await
+                .is_err()
+        {
+            problems.push("the results writer stopped early".to_owned());
+        }
+        // A `run.json` update still waiting is superseded by the final one.
+        self.carry_info = None;
+        let (done, result) = oneshot::channel();
+        let sent = self
+            .tx
+            .send(Message::Finish {
+                info: Box::new(info),
+                summary: Box::new(summary),
+                done,
+            })
+            .await;
+        match (sent, result.await) {
+            (Ok(()), Ok(mut reported)) => problems.append(&mut reported),
+            _ => problems.push("the results writer stopped early".to_owned()),
+        }
+        if let Some(thread) = self.thread.take() {
+            // It has answered (or died): joining does not wait for work.
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                problems.push("the results writer panicked".to_owned());
+            }
+        }
+        (self.dir.path().to_owned(), problems)
+    }
+}
+
+fn write_loop(dir: ResultsDir, info: RunInfo, mut rx: mpsc::Receiver<Message>) {
+    let mut problems: Vec<String> = Vec::new();
+    if let Err(e) = dir.write_run_info(&info) {
+        tracing::warn!(error = %e, "cannot write run.json");
+        problems.push(format!("run.json: {e}"));
+    }
+    let mut journal: Option<Journal> = match dir.journal() {
+        Ok(j) => Some(j),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the run's journal");
+            problems.push(format!("journal: {e}"));
+            None
+        }
+    };
+    let mut failed_seconds = 0u64;
+    while let Some(message) = rx.blocking_recv() {
+        match message {
+            Message::Second(second, live) => {
+                let Some(journal) = journal.as_mut() else {
+                    continue;
+                };
+                if let Err(e) = journal.append(&second, &live) {
+                    failed_seconds += 1;
+                    if failed_seconds == 1 {
+                        tracing::warn!(error = %e, "cannot journal a second of the run");
+                        problems.push(format!("journal: {e}"));
+                    }
                 }
             }
-        }
-    }
-    if let Some(all) = durations.filter(|h| !h.is_empty()) {
-        headline.insert("http_req_duration_count".into(), json!(all.len()));
-        quantiles(&all, "http_req_duration_", &mut headline);
-    }
-    json!({
-        "tick": tick,
-        "start_unix_ms": snapshot.start_unix_ms,
-        "end_unix_ms": snapshot.end_unix_ms,
-        "active_users": active_users,
-        "live_agents": live_agents,
-        "headline": headline,
-        "series": series,
-        "snapshot": base64::engine::general_purpose::STANDARD.encode(encoded),
-    })
-}
-
-/// Quantiles written for the headline; one pass over the histogram computes them all.
-const QUANTILES: [(f64, &str); 4] = [(0.5, "p50"), (0.9, "p90"), (0.95, "p95"), (0.99, "p99")];
-
-/// Values are stored in thousandths of their unit (µs for times in ms).
-fn unit(v: u64) -> f64 {
-    v as f64 / 1000.0
-}
-
-fn quantiles(hist: &hdrhistogram::Histogram<u64>, prefix: &str, map: &mut Map<String, Value>) {
-    let count = hist.len();
-    let mut next = 0;
-    let mut seen = 0u64;
-    for v in hist.iter_recorded() {
-        seen += v.count_at_value();
-        while next < QUANTILES.len() && seen as f64 >= (QUANTILES[next].0 * count as f64).ceil() {
-            let value = hist.highest_equivalent(v.value_iterated_to());
-            map.insert(format!("{prefix}{}", QUANTILES[next].1), json!(unit(value)));
-            next += 1;
-        }
-        if next == QUANTILES.len() {
-            break;
-        }
-    }
-}
-
-fn values(data: &SeriesData, map: &mut Map<String, Value>) {
-    match data {
-        SeriesData::Counter { sum } => {
-            map.insert("kind".into(), "counter".into());
-            map.insert("sum".into(), json!(sum));
-        }
-        SeriesData::Gauge { last, min, max, .. } => {
-            map.insert("kind".into(), "gauge".into());
-            map.insert("last".into(), json!(last));
-            map.insert("min".into(), json!(min));
-            map.insert("max".into(), json!(max));
-        }
-        SeriesData::Rate { passes, total } => {
-            map.insert("kind".into(), "rate".into());
-            map.insert("passes".into(), json!(passes));
-            map.insert("total".into(), json!(total));
-        }
-        SeriesData::Trend { hist, .. } => {
-            map.insert("kind".into(), "trend".into());
-            map.insert("count".into(), json!(hist.len()));
-            if !hist.is_empty() {
-                map.insert("min".into(), json!(unit(hist.min())));
-                map.insert("max".into(), json!(unit(hist.max())));
+            Message::Info(info) => {
+                if let Err(e) = dir.write_run_info(&info) {
+                    tracing::warn!(error = %e, "cannot write run.json");
+                }
+            }
+            Message::Finish {
+                info,
+                summary,
+                done,
+            } => {
+                if failed_seconds > 1 {
+                    problems.push(format!("{failed_seconds} seconds could not be journalled"));
+                }
+                if let Err(e) = dir.write_run_info(&info) {
+                    problems.push(format!("run.json: {e}"));
+                }
+                let empty = punisher_results::Timeline::new();
+                let timeline = journal.as_ref().map_or(&empty, Journal::timeline);
+                if let Err(e) = dir.write_outputs(Some(&info), &summary, timeline) {
+                    problems.push(format!("report files: {e}"));
+                }
+                let _ = done.send(std::mem::take(&mut problems));
+                return;
             }
         }
     }
@@ -200,12 +213,25 @@ fn values(data: &SeriesData, map: &mut Map<String, Value>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use punisher_metrics::{MetricKind, Recorder, Tags, ValueType};
+    use punisher_metrics::{MetricKind, Recorder as Metrics, SummaryMeta, Tags, Totals, ValueType};
+    use punisher_results::dir::{JUNIT_XML, REPORT_HTML, RUN_JSON, SUMMARY_JSON, TIMESERIES_JSONL};
 
     #[tokio::test]
-    async fn lines_hold_numbers_and_the_exact_snapshot() {
-        let mut r = Recorder::new();
-        let id = r
+    async fn writes_every_file_of_the_folder_from_its_thread() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = ResultsDir::create(base.path(), "run-1").unwrap();
+        let info = RunInfo::new(
+            "run-1",
+            "0.0.0",
+            "s.js",
+            "export default function () {}",
+            serde_json::json!({}),
+            vec!["punisher".into()],
+            1_000,
+        );
+        let mut recorder = Recorder::start(dir, info.clone()).unwrap();
+        let mut metrics = Metrics::new();
+        let id = metrics
             .series(
                 MetricKind::Trend,
                 ValueType::Time,
@@ -213,32 +239,36 @@ mod tests {
                 &Tags::new([("name", "x")]),
             )
             .unwrap();
-        for ms in 1..=100 {
-            r.add_trend(id, ms as f64);
+        let mut totals = Totals::new();
+        for s in 0..3u64 {
+            for ms in 1..=10 {
+                metrics.add_trend(id, ms as f64);
+            }
+            let second = metrics.take_snapshot(1_000 + s * 1000, 2_000 + s * 1000);
+            totals.add(&second).unwrap();
+            recorder.append(second, LiveNumbers::default());
         }
-        let snap = r.take_snapshot(1000, 2000);
-        let encoded = snap.encode();
-        let line = interval_line(3, &snap, &encoded, 7, 2);
-        let s = &line["series"][0];
-        assert_eq!(s["count"], 100);
-        assert_eq!(s["max"].as_f64().unwrap().round(), 100.0);
-        let h = &line["headline"];
-        let p95 = h["http_req_duration_p95"].as_f64().unwrap();
-        assert!((94.9..=95.1).contains(&p95), "{p95}");
-        let p50 = h["http_req_duration_p50"].as_f64().unwrap();
-        assert!((49.9..=50.1).contains(&p50), "{p50}");
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(line["snapshot"].as_str().unwrap())
-            .unwrap();
-        assert_eq!(Snapshot::decode(&raw).unwrap(), snap);
-
-        let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::create(dir.path(), "run-1", &json!({"x": 1}))
-            .await
-            .unwrap();
-        j.append(&line).await.unwrap();
-        j.append(&line).await.unwrap();
-        let text = std::fs::read_to_string(dir.path().join("run-1/metrics.jsonl")).unwrap();
-        assert_eq!(text.lines().count(), 2);
+        let mut info = info;
+        info.finish(4_000);
+        recorder.update_info(info.clone());
+        let summary = Summary::build(
+            &totals,
+            &[],
+            SummaryMeta::new("s.js", "shared-iterations", Default::default(), 1),
+        );
+        let (path, problems) = recorder.finish(info, summary).await;
+        assert!(problems.is_empty(), "{problems:?}");
+        for file in [
+            RUN_JSON,
+            SUMMARY_JSON,
+            TIMESERIES_JSONL,
+            JUNIT_XML,
+            REPORT_HTML,
+        ] {
+            assert!(path.join(file).is_file(), "{file}");
+        }
+        assert!(path.join("http_req_duration.hlog").is_file());
+        let replayed = Journal::replay(&path).unwrap();
+        assert_eq!(replayed.seconds, 3);
     }
 }

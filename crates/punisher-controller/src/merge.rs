@@ -100,13 +100,6 @@ impl Merger {
     }
 }
 
-/// The journal line the hub writes per tick, exposed for `benches/merge_tick.rs` so that
-/// the benchmark measures the whole tick.
-#[doc(hidden)]
-pub fn journal_line_for_bench(tick: u64, snapshot: &Snapshot, encoded: &[u8]) -> serde_json::Value {
-    crate::journal::interval_line(tick, snapshot, encoded, 0, 0)
-}
-
 /// Reads the series count a snapshot declares, without decoding it (see the layout in
 /// `punisher_metrics::codec`): lets the controller refuse an oversized report before the
 /// decoder allocates for it. Malformed input is left to the decoder to describe.

@@ -61,6 +61,7 @@ pub(crate) struct Assignment {
     pub(crate) reports: u64,
     pub(crate) suspect: bool,
     pub(crate) suspect_seconds: u64,
+    pub(crate) open_connections: u64,
 }
 
 impl Assignment {
@@ -81,6 +82,7 @@ impl Assignment {
             reports: 0,
             suspect: false,
             suspect_seconds: 0,
+            open_connections: 0,
         }
     }
 }
@@ -168,6 +170,13 @@ impl Agent {
             rtt_ms: self.clock.rtt_ms(),
             reports: a.map_or(0, |a| a.reports),
             last_seen_ms_ago: now.saturating_duration_since(self.last_seen).as_millis() as u64,
+            open_connections: if self.lost {
+                0
+            } else {
+                a.map_or(0, |a| a.open_connections)
+            },
+            instance_id: self.hello.instance_id.clone(),
+            zone: self.hello.zone.clone(),
         }
     }
 }

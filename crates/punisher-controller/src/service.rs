@@ -109,6 +109,9 @@ impl AgentService for AgentSvc {
         let hub = self.0.hub.clone();
         let errors = tx_for_errors;
         tokio::spawn(async move {
+            // An agent that said Goodbye may exit before its stream is closed cleanly: the
+            // broken stream that follows is its exit, not a failure.
+            let mut said_goodbye = false;
             let reason = loop {
                 let message = tokio::select! {
                     _ = cancel.cancelled() => break "closed by the controller".to_owned(),
@@ -116,6 +119,7 @@ impl AgentService for AgentSvc {
                 };
                 match message {
                     Ok(Some(msg)) => {
+                        said_goodbye = matches!(msg.kind, Some(Msg::Goodbye(_)));
                         if hub.send(HubEvent::FromAgent { conn, msg }).await.is_err() {
                             break "controller shutting down".to_owned();
                         }
@@ -133,7 +137,7 @@ impl AgentService for AgentSvc {
                     }
                 }
             };
-            if reason.starts_with("stream error") {
+            if reason.starts_with("stream error") && !said_goodbye {
                 tracing::warn!(conn, %reason, "agent stream failed");
             }
             let _ = hub.send(HubEvent::Left { conn, reason }).await;
@@ -176,6 +180,21 @@ fn validate(req: v1::SubmitRunRequest) -> Result<RunSpec, ServiceError> {
         } else {
             Duration::from_millis(req.start_delay_ms)
         },
+        wait_for_start: req.wait_for_start,
+        on_agent_loss: crate::AgentLossPolicy::from_wire(req.on_agent_loss).ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "unknown on_agent_loss policy {}",
+                req.on_agent_loss
+            ))
+        })?,
+        run_id: if req.run_id.is_empty() {
+            None
+        } else {
+            punisher_results::dir::validate_run_id(&req.run_id)
+                .map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            Some(req.run_id)
+        },
+        command_line: req.command_line,
     })
 }
 
@@ -251,6 +270,7 @@ impl AdminService for AdminSvc {
                 grace: Duration::from_millis(ms),
             },
             Some(Kind::AbortReason(reason)) => RunCommand::Abort { reason },
+            Some(Kind::Start(_)) => RunCommand::Start,
             None => return Err(ServiceError::Invalid("empty command".into()).into()),
         };
         let response = self

@@ -108,6 +108,8 @@ pub struct AgentView {
     pub rtt_ms: f64,
     pub reports: u64,
     pub last_seen: Duration,
+    /// Connections its users hold open, as of its last report.
+    pub open_connections: u64,
 }
 
 impl From<&v1::AgentView> for AgentView {
@@ -130,6 +132,7 @@ impl From<&v1::AgentView> for AgentView {
             rtt_ms: a.rtt_ms,
             reports: a.reports,
             last_seen: Duration::from_millis(a.last_seen_ms_ago),
+            open_connections: a.open_connections,
         }
     }
 }
@@ -142,6 +145,16 @@ pub struct ThresholdView {
     pub passed: bool,
     pub observed: Option<f64>,
     pub abort_on_fail: bool,
+}
+
+/// A cluster-wide barrier's progress.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct BarrierView {
+    pub name: String,
+    pub arrived: u64,
+    /// Every user of the test but those of lost agents.
+    pub expected: u64,
+    pub released: bool,
 }
 
 /// The merged view of a run, once per merged second.
@@ -168,6 +181,16 @@ pub struct RunView {
     pub exit_code: Option<u8>,
     pub messages: Vec<String>,
     pub paused: bool,
+    pub barriers: Vec<BarrierView>,
+    /// Submitted with `wait_for_start` and not started yet (loading, or loaded and holding).
+    pub waiting_for_start: bool,
+    /// The plan's duration (zero: open-ended).
+    pub planned: Duration,
+    /// The scenario as submitted.
+    pub scenario_name: String,
+    /// The run's results folder on the controller's machine, once created (`None` with
+    /// `--no-results`, or before the run was accepted).
+    pub results_dir: Option<String>,
 }
 
 /// A view whose snapshots cannot be decoded (a newer controller, a corrupt message).
@@ -225,6 +248,20 @@ impl TryFrom<&v1::RunView> for RunView {
             exit_code: u8::try_from(v.exit_code).ok(),
             messages: v.messages.clone(),
             paused: v.paused,
+            barriers: v
+                .barriers
+                .iter()
+                .map(|b| BarrierView {
+                    name: b.name.clone(),
+                    arrived: b.arrived,
+                    expected: b.expected,
+                    released: b.released,
+                })
+                .collect(),
+            waiting_for_start: v.waiting_for_start,
+            planned: Duration::from_millis(v.planned_ms),
+            scenario_name: v.scenario_name.clone(),
+            results_dir: (!v.results_dir.is_empty()).then(|| v.results_dir.clone()),
         })
     }
 }

@@ -34,7 +34,10 @@ async fn controller() -> Setup {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: TOKEN.into(),
         security: ServerSecurity::InsecureLoopback,
-        results_dir: dirs.path().to_path_buf(),
+        results_dir: Some(dirs.path().to_path_buf()),
+        prometheus: None,
+        agent_binaries: None,
+        http_listen: None,
         lost_after: Duration::from_secs(3),
     })
     .await
@@ -74,6 +77,10 @@ fn submission(options: serde_json::Value, wait_agents: u32) -> RunSubmission {
         scenario_name: "x.js".into(),
         workers_per_agent: 1,
         start_delay: Duration::from_millis(50),
+        run_id: None,
+        command_line: Vec::new(),
+        wait_for_start: false,
+        on_agent_loss: Default::default(),
     }
 }
 
@@ -329,13 +336,10 @@ async fn barriers_release_every_agent_when_all_users_arrived() {
 async fn a_lost_agent_does_not_hold_a_barrier() {
     let s = controller().await;
     let mut client = client(&s).await;
-    client
-        .submit_run(submission(
-            serde_json::json!({"users": 4, "rampUp": "1s"}),
-            2,
-        ))
-        .await
-        .unwrap();
+    let mut run = submission(serde_json::json!({"users": 4, "rampUp": "1s"}), 2);
+    // Nobody takes over b's users (with the default, `reassign`, a would run them).
+    run.on_agent_loss = punisher_controller::AgentLossPolicy::Continue;
+    client.submit_run(run).await.unwrap();
     let mut a = Fake::join(&s, "a").await;
     let mut b = Fake::join(&s, "b").await;
     let load_a = a.load().await;
@@ -366,6 +370,166 @@ async fn a_lost_agent_does_not_hold_a_barrier() {
             .any(|m| m.contains("agent b") && m.contains("lost")),
         "{:?}",
         run.messages
+    );
+    s.cancel.cancel();
+}
+
+/// With `reassign` (the default), a lost agent's users that had not started go to the
+/// agents left: they are told with an Adopt, and barriers wait for those users too.
+#[tokio::test]
+async fn a_lost_agents_users_are_adopted_and_awaited_at_barriers() {
+    let s = controller().await;
+    let mut client = client(&s).await;
+    client
+        .submit_run(submission(
+            serde_json::json!({"users": 4, "rampUp": "1s"}),
+            2,
+        ))
+        .await
+        .unwrap();
+    let mut a = Fake::join(&s, "a").await;
+    let mut b = Fake::join(&s, "b").await;
+    let load_a = a.load().await;
+    let load_b = b.load().await;
+    a.started().await;
+    b.started().await;
+    let own = punisher_proto::convert::segment_from_wire(load_a.segment)
+        .unwrap()
+        .count_below(4);
+    let theirs = punisher_proto::convert::segment_from_wire(load_b.segment).unwrap();
+    a.arrive("ready", own).await;
+    drop(b); // b dies before any of its users started
+    let adopt = loop {
+        match a.next().await {
+            Cmd::Adopt(adopt) => break adopt,
+            Cmd::BarrierRelease(r) => panic!("released {} before b's users arrived", r.name),
+            _ => {}
+        }
+    };
+    // All of b's share, from its first user: it reported none started.
+    assert_eq!(adopt.shares.len(), 1, "{adopt:?}");
+    let share = &adopt.shares[0];
+    assert_eq!(share.from_user, 0);
+    assert_eq!(
+        punisher_proto::convert::segment_from_wire(share.segment).unwrap(),
+        theirs
+    );
+    // a runs them: once they arrive too, the barrier opens.
+    a.arrive("ready", 4).await;
+    loop {
+        if let Cmd::BarrierRelease(r) = a.next().await {
+            assert_eq!(r.name, "ready");
+            break;
+        }
+    }
+    let run = client.status().await.unwrap().run.unwrap();
+    let loss = run
+        .messages
+        .iter()
+        .find_map(|m| punisher_controller::AgentLoss::parse(m))
+        .expect("no agent_loss message");
+    assert_eq!(loss.agent, "b");
+    assert_eq!(loss.to, vec!["a".to_owned()]);
+    assert_eq!(loss.reassigned_users, theirs.count_below(4));
+    s.cancel.cancel();
+}
+
+#[tokio::test]
+async fn run_ids_name_results_folders_that_are_complete_when_the_run_is_shown_over() {
+    let s = controller().await;
+    let mut client = client(&s).await;
+    let options = serde_json::json!({"vus": 1, "duration": "1s"});
+    let mut bad = submission(options.clone(), 1);
+    bad.run_id = Some("../escape".into());
+    let err = client.submit_run(bad).await.unwrap_err().to_string();
+    assert!(err.contains("invalid run id"), "{err}");
+
+    let mut run = submission(options.clone(), 1);
+    run.run_id = Some("night-1".into());
+    run.command_line = vec!["punisher".into(), "run".into(), "x.js".into()];
+    let run_id = client.submit_run(run).await.unwrap();
+    assert_eq!(run_id, "night-1");
+    let dir = s._dirs.path().join("night-1");
+    // The folder is known (and shown) from the submission on, before any agent joined.
+    let status = client.status().await.unwrap();
+    assert_eq!(
+        status.run.unwrap().results_dir.as_deref(),
+        Some(dir.to_str().unwrap())
+    );
+    let mut a = Fake::join(&s, "a").await;
+    a.load_and_start().await;
+    a.report(1, 5, false).await;
+    a.report(2, 7, true).await;
+    let view = last_view(&mut client, &run_id).await;
+    assert_eq!(view.state, RunState::Finished, "{:?}", view.messages);
+    assert_eq!(view.results_dir.as_deref(), Some(dir.to_str().unwrap()));
+    // Every end-of-run file is there as soon as the run is shown over.
+    for file in [
+        "run.json",
+        "timeseries.jsonl",
+        "summary.json",
+        "junit.xml",
+        "report.html",
+    ] {
+        assert!(dir.join(file).is_file(), "{file}");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["metrics"]["http_reqs"]["values"]["count"], 12.0);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(
+        info["command_line"],
+        serde_json::json!(["punisher", "run", "x.js"])
+    );
+    assert_eq!(info["agents"][0]["id"], "a");
+    assert_eq!(info["agents"][0]["state"], "finished");
+    assert!(info["ended"].is_string());
+    // The same id again: its folder exists.
+    let mut again = submission(options, 1);
+    again.run_id = Some("night-1".into());
+    let err = client.submit_run(again).await.unwrap_err().to_string();
+    assert!(err.contains("already exists"), "{err}");
+    s.cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_run_submitted_with_wait_for_start_loads_then_holds_until_start() {
+    let s = controller().await;
+    let mut admin = client(&s).await;
+    let mut run = submission(serde_json::json!({"vus": 1, "duration": "1s"}), 1);
+    run.wait_for_start = true;
+    admin.submit_run(run).await.unwrap();
+    let mut views = admin.watch("").await.unwrap();
+    let mut a = Fake::join(&s, "a").await;
+    a.load().await;
+    // Loaded everywhere, and held: the views say so, and no start instant is set.
+    loop {
+        let v = views.next().await.unwrap().unwrap();
+        assert!(v.waiting_for_start, "{:?}", v.state);
+        assert_eq!(v.started_unix_ms, 0);
+        if v.messages
+            .iter()
+            .any(|m| m.contains("waiting for a start signal"))
+        {
+            break;
+        }
+    }
+    let mut ctl = client(&s).await;
+    let answer = ctl
+        .command(punisher_controller::RunCommand::Start)
+        .await
+        .unwrap();
+    assert!(answer.contains("starting"), "{answer}");
+    a.started().await;
+    // Started once; a second start is refused.
+    let err = ctl
+        .command(punisher_controller::RunCommand::Start)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not waiting for a start signal"),
+        "{err}"
     );
     s.cancel.cancel();
 }

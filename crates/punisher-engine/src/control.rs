@@ -2,9 +2,11 @@
 //! the hard deadline are atomics because the worker may be stuck inside JavaScript
 //! (`while (true) {}`), where only QuickJS's interrupt handler still looks at anything.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use punisher_core::Segment;
 use tokio::sync::watch;
 
 /// The latest commands, as state (a `watch`): workers react to changes between awaits.
@@ -16,6 +18,9 @@ pub(crate) struct Commands {
     /// Test-wide user target set by `ScaleUsers`.
     pub(crate) target: Option<u64>,
     pub(crate) paused: bool,
+    /// Shares of a departed agent this worker runs too: users (or arrivals) number `>= from`
+    /// that the segment owns. Append-only; repeats are not added.
+    pub(crate) adopted: Vec<(Segment, u64)>,
 }
 
 #[derive(Debug)]
@@ -25,6 +30,8 @@ pub(crate) struct Control {
     deadline_ms: AtomicU64,
     epoch: Instant,
     pub(crate) commands: watch::Sender<Commands>,
+    /// What the worker did not run, written once when it ends (see [`crate::LeftOver`]).
+    pub(crate) left_over: Mutex<Option<crate::LeftOver>>,
 }
 
 impl Control {
@@ -34,6 +41,7 @@ impl Control {
             deadline_ms: AtomicU64::new(u64::MAX),
             epoch: Instant::now(),
             commands: watch::Sender::new(Commands::default()),
+            left_over: Mutex::new(None),
         }
     }
 

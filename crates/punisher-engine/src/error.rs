@@ -46,6 +46,11 @@ pub enum RunError {
     Setup(ScriptError),
     #[error("teardown() failed: {0}")]
     Teardown(ScriptError),
+    #[error("handleSummary() failed: {0}")]
+    HandleSummary(ScriptError),
+    /// `handleSummary()` returned something other than an object of file contents.
+    #[error("handleSummary() must return an object like {{ 'summary.txt': text }}: {0}")]
+    HandleSummaryResult(String),
     #[error("{what} did not finish within {timeout:?}")]
     Timeout {
         what: &'static str,

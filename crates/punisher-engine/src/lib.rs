@@ -141,6 +141,24 @@ pub enum EngineCommand {
     ScaleUsers(u64),
     PauseArrivals,
     ResumeArrivals,
+    /// Also run a departed agent's share: the users (or arrivals) numbered `from_user` and
+    /// above that `segment` owns. Session users whose time already came start at once;
+    /// looping users start as usual; arrival rates take over from the next arrival. The
+    /// segment is split among the workers like the engine's own. Repeats are ignored.
+    Adopt {
+        segment: punisher_core::Segment,
+        from_user: u64,
+    },
+}
+
+/// What an engine did not run of its share, known once every worker finished: the
+/// `(segment, from_user)` shares another engine can [`EngineCommand::Adopt`] so that no user
+/// runs twice and none is skipped, and how many users were still running when it ended
+/// (interrupted by a stop's grace or an abort).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeftOver {
+    pub shares: Vec<(punisher_core::Segment, u64)>,
+    pub interrupted_users: u64,
 }
 
 /// A running engine: its reports and its command line.
@@ -157,6 +175,20 @@ impl RunHandle {
 
     /// Sends `cmd` to every worker.
     pub fn command(&self, cmd: EngineCommand) {
+        if let EngineCommand::Adopt { segment, from_user } = cmd {
+            let parts = segment.split(&vec![1.0; self.controls.len()]);
+            for (c, part) in self.controls.iter().zip(parts) {
+                c.commands.send_if_modified(|s| {
+                    let share = (part, from_user);
+                    let new = !s.adopted.contains(&share);
+                    if new {
+                        s.adopted.push(share);
+                    }
+                    new
+                });
+            }
+            return;
+        }
         for c in &self.controls {
             match cmd {
                 EngineCommand::Abort => c.abort(),
@@ -169,8 +201,24 @@ impl RunHandle {
                 EngineCommand::ScaleUsers(n) => c.commands.send_modify(|s| s.target = Some(n)),
                 EngineCommand::PauseArrivals => c.commands.send_modify(|s| s.paused = true),
                 EngineCommand::ResumeArrivals => c.commands.send_modify(|s| s.paused = false),
+                EngineCommand::Adopt { .. } => {}
             }
         }
+    }
+
+    /// What the workers did not run (their shares from where each stopped), once they all
+    /// finished; workers still running contribute nothing.
+    pub fn left_over(&self) -> LeftOver {
+        let mut out = LeftOver::default();
+        for c in &self.controls {
+            if let Ok(l) = c.left_over.lock()
+                && let Some(l) = l.as_ref()
+            {
+                out.shares.extend_from_slice(&l.shares);
+                out.interrupted_users += l.interrupted_users;
+            }
+        }
+        out
     }
 
     /// The number of workers.
@@ -288,6 +336,65 @@ pub async fn run_teardown(
     .map(|_| ())
 }
 
+/// `handleSummary()` gets this long, as in k6.
+const HANDLE_SUMMARY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs the scenario's `handleSummary(data)` once on its own thread, as k6 does at the end
+/// of a run: `data` is the run's summary (`summary.json`'s document), and the function
+/// returns the files to write, `{ 'path': content }`, where the keys `stdout` and `stderr`
+/// mean printing. `None` when the scenario exports no `handleSummary`; an empty map when it
+/// returned nothing. String contents are kept as they are; other values are written as
+/// their JSON text. Its requests are not part of the run's metrics.
+pub async fn run_handle_summary(
+    scenario: &Scenario,
+    cfg: &EngineConfig,
+    summary: &serde_json::Value,
+) -> Result<Option<BTreeMap<String, String>>, RunError> {
+    if !scenario.has_handle_summary {
+        return Ok(None);
+    }
+    let returned = lifecycle(
+        scenario,
+        cfg,
+        Entry::HandleSummary,
+        summary.clone(),
+        HANDLE_SUMMARY_TIMEOUT,
+    )
+    .await?;
+    summary_files(returned).map(Some)
+}
+
+/// The files `handleSummary()` returned, checked.
+fn summary_files(returned: serde_json::Value) -> Result<BTreeMap<String, String>, RunError> {
+    match returned {
+        serde_json::Value::Null => Ok(BTreeMap::new()),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(path, content)| {
+                if path.is_empty() {
+                    return Err(RunError::HandleSummaryResult(
+                        "a key is empty; keys are file paths, 'stdout' or 'stderr'".into(),
+                    ));
+                }
+                let content = match content {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                Ok((path, content))
+            })
+            .collect(),
+        other => Err(RunError::HandleSummaryResult(format!(
+            "it returned {}",
+            match other {
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Number(_) => "a number",
+                _ => "a boolean",
+            }
+        ))),
+    }
+}
+
 async fn lifecycle(
     scenario: &Scenario,
     cfg: &EngineConfig,
@@ -307,10 +414,10 @@ async fn lifecycle(
             let _ = tx.send(result);
         })
         .map_err(|e| RunError::Thread(e.to_string()))?;
-    let what = if entry == Entry::Setup {
-        "setup()"
-    } else {
-        "teardown()"
+    let what = match entry {
+        Entry::Setup => "setup()",
+        Entry::HandleSummary => "handleSummary()",
+        _ => "teardown()",
     };
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(r)) => r,
@@ -360,10 +467,10 @@ fn lifecycle_thread(
             }
             None => Ok(serde_json::Value::Null),
         },
-        Some(IterationEnd::Failed(err)) => Err(if entry == Entry::Setup {
-            RunError::Setup(err)
-        } else {
-            RunError::Teardown(err)
+        Some(IterationEnd::Failed(err)) => Err(match entry {
+            Entry::Setup => RunError::Setup(err),
+            Entry::HandleSummary => RunError::HandleSummary(err),
+            _ => RunError::Teardown(err),
         }),
         None => Err(RunError::WorkerLost(0)),
     }

@@ -148,6 +148,7 @@ pub(crate) struct Hidden {
     pub(crate) default_fn: Option<Persistent<Function<'static>>>,
     pub(crate) setup_fn: Option<Persistent<Function<'static>>>,
     pub(crate) teardown_fn: Option<Persistent<Function<'static>>>,
+    pub(crate) handle_summary_fn: Option<Persistent<Function<'static>>>,
     pub(crate) data: Option<Persistent<Value<'static>>>,
 }
 

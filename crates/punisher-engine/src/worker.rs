@@ -33,6 +33,7 @@ pub(crate) enum Entry {
     Default,
     Setup,
     Teardown,
+    HandleSummary,
 }
 
 /// Everything a worker thread needs.
@@ -164,6 +165,47 @@ pub(crate) struct Sched {
     dirty: Cell<bool>,
     last_report_ms: Cell<u64>,
     last_cpu: Cell<Duration>,
+    /// Departed agents' shares this worker runs too (see `Commands::adopted`).
+    adopted: RefCell<Vec<(Segment, u64)>>,
+    /// The next user (session users) or arrival (arrival rates) number the schedule would
+    /// start: every owned number below it was started, none above. Looping users: 0.
+    next_user: Cell<u64>,
+}
+
+impl Sched {
+    /// Whether user or arrival `k` is this worker's: its own segment, or an adopted share.
+    fn owns(&self, k: u64) -> bool {
+        self.segment.owns(k)
+            || self
+                .adopted
+                .borrow()
+                .iter()
+                .any(|(s, from)| k >= *from && s.owns(k))
+    }
+
+    /// How many of the users `0..n` are this worker's.
+    fn share_below(&self, n: u64) -> u64 {
+        let adopted: u64 = self
+            .adopted
+            .borrow()
+            .iter()
+            .map(|(s, from)| (*from..n).filter(|k| s.owns(*k)).count() as u64)
+            .sum();
+        self.segment.count_below(n) + adopted
+    }
+
+    /// Takes the shares adopted since the last call (each starting at `floor` at least).
+    fn take_adoptions(&self, c: &Commands, floor: u64) -> Vec<(Segment, u64)> {
+        let mut adopted = self.adopted.borrow_mut();
+        let new: Vec<(Segment, u64)> = c
+            .adopted
+            .iter()
+            .skip(adopted.len())
+            .map(|(s, from)| (*s, (*from).max(floor)))
+            .collect();
+        adopted.extend_from_slice(&new);
+        new
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -194,6 +236,8 @@ async fn run(host: &Host, spec: WorkerSpec, start: Instant) {
         dirty: Cell::new(false),
         last_report_ms: Cell::new(unix_ms()),
         last_cpu: Cell::new(thread_cpu()),
+        adopted: RefCell::new(Vec::new()),
+        next_user: Cell::new(0),
     });
     let reporter = tokio::task::spawn_local(report_loop(sched.clone(), spec.reports.clone()));
     let mut commands = spec.control.commands.subscribe();
@@ -201,6 +245,22 @@ async fn run(host: &Host, spec: WorkerSpec, start: Instant) {
     tokio::select! {
         _ = run_executor(&sched, &executor) => {}
         _ = commands.wait_for(|c| c.aborted) => {}
+    }
+    // What this worker leaves undone, for another agent to adopt if this one departs.
+    let next = sched.next_user.get();
+    let mut shares = vec![(sched.segment, next)];
+    shares.extend(
+        sched
+            .adopted
+            .borrow()
+            .iter()
+            .map(|(s, from)| (*s, (*from).max(next))),
+    );
+    if let Ok(mut l) = spec.control.left_over.lock() {
+        *l = Some(crate::LeftOver {
+            shares,
+            interrupted_users: sched.state.active.get(),
+        });
     }
     reporter.abort();
     let report = make_report(&sched, true, Duration::ZERO);
@@ -262,6 +322,7 @@ pub(crate) async fn iterate(
                 Entry::Default => h.default_fn.clone(),
                 Entry::Setup => h.setup_fn.clone(),
                 Entry::Teardown => h.teardown_fn.clone(),
+                Entry::HandleSummary => h.handle_summary_fn.clone(),
             };
             (h.runner.clone(), f, h.data.clone())
         };
@@ -368,7 +429,7 @@ async fn session_users(
     let spacing = ramp_up.as_secs_f64() / users as f64;
     let cap = max_duration.map(|d| sched.start + d);
     let mut limit = users;
-    sched.target.set(sched.segment.count_below(limit));
+    sched.target.set(sched.share_below(limit));
     let mut k = 0u64;
     let mut local_n = 0u64;
     let mut paused_since: Option<Instant> = None;
@@ -382,7 +443,7 @@ async fn session_users(
             && t != limit
         {
             limit = t;
-            sched.target.set(sched.segment.count_below(limit));
+            sched.target.set(sched.share_below(limit));
         }
         if c.paused {
             paused_since.get_or_insert_with(Instant::now);
@@ -393,6 +454,19 @@ async fn session_users(
         }
         if let Some(since) = paused_since.take() {
             paused_total += since.elapsed();
+        }
+        let adopted = sched.take_adoptions(&c, 0);
+        for (s, from) in &adopted {
+            // A departed agent's users whose time already came start now; the rest follow
+            // the schedule.
+            for late in *from..k.min(limit) {
+                if s.owns(late) {
+                    spawn_session_user(sched, late);
+                }
+            }
+        }
+        if !adopted.is_empty() {
+            sched.target.set(sched.share_below(limit));
         }
         if cap.is_some_and(|c| Instant::now() >= c) {
             break;
@@ -416,8 +490,9 @@ async fn session_users(
             }
             continue;
         }
-        if !sched.segment.owns(k) {
+        if !sched.owns(k) {
             k += 1;
+            sched.next_user.set(k);
             continue;
         }
         let due = (sched.start + paused_total + Duration::from_secs_f64(spacing * k as f64))
@@ -427,6 +502,7 @@ async fn session_users(
         }
         spawn_session_user(sched, k);
         k += 1;
+        sched.next_user.set(k);
         local_n += 1;
     }
     // Sessions run to their end unless capped or stopped.
@@ -462,13 +538,16 @@ async fn looping(sched: &Rc<Sched>, executor: &Executor) {
             .target
             .unwrap_or_else(|| executor.target_vus_at(now - sched.start));
         sched.wanted.set(target);
+        if !sched.take_adoptions(&c, 0).is_empty() {
+            applied = None;
+        }
         if applied != Some(target) || sched.dirty.replace(false) {
             if applied != Some(target) {
-                sched.target.set(sched.segment.count_below(target));
+                sched.target.set(sched.share_below(target));
             }
             applied = Some(target);
             for k in 0..target {
-                if sched.segment.owns(k) && !sched.running.borrow().contains(&k) {
+                if sched.owns(k) && !sched.running.borrow().contains(&k) {
                     spawn_looping_user(sched, k);
                 }
             }
@@ -524,11 +603,15 @@ async fn arrival_rate(sched: &Rc<Sched>, executor: &Executor, pre_allocated: u64
             break;
         }
         paused = c.paused;
+        // An open model takes over a departed agent's arrivals from now on: the ones it
+        // missed are not made up.
+        sched.take_adoptions(&c, n);
         let Some(offset) = executor.arrival_offset(n) else {
             break;
         };
-        if !sched.segment.owns(n) {
+        if !sched.owns(n) {
             n += 1;
+            sched.next_user.set(n);
             continue;
         }
         let due = sched.start + offset;
@@ -536,6 +619,7 @@ async fn arrival_rate(sched: &Rc<Sched>, executor: &Executor, pre_allocated: u64
             continue;
         }
         n += 1;
+        sched.next_user.set(n);
         if paused {
             continue;
         }

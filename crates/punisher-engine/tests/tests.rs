@@ -1,6 +1,7 @@
 //! Integration tests of the engine: scenario loading errors, executors, the JS API and the
 //! "current VU" invariant, against a tiny local HTTP server.
 
+mod handle_summary;
 mod sockets;
 mod util;
 
@@ -844,4 +845,96 @@ export default async function () {{
         m1 >> 20,
         (m1 - m0) as f64 / (n1 - n0) as f64 / 1024.0
     );
+}
+
+/// A departed engine's left-over shares, adopted by another engine, run every user that had
+/// not started exactly once: the ones whose time came at once, the others on schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopted_shares_run_each_unstarted_user_once() {
+    let srv = server().await;
+    let (_f, s) = scenario(
+        r#"
+import http from 'punisher/http';
+import { vu, sleep } from 'punisher';
+export const options = { users: 40, rampUp: '2s' };
+export default async function () {
+  await http.get(`${__ENV.API}/hit?vu=${vu.idInTest}`);
+  await sleep(0.3);
+}
+"#,
+        &env(&srv),
+    );
+    let s = Arc::new(s);
+    let halves = punisher_core::Segment::FULL.split(&[1.0, 1.0]);
+    let mut cfg_a = config(&s, 2, env(&srv));
+    cfg_a.segment = halves[0];
+    let mut cfg_b = config(&s, 3, env(&srv));
+    cfg_b.segment = halves[1];
+    let mut a = start(s.clone(), cfg_a, json!(null)).unwrap();
+    let b = start(s.clone(), cfg_b, json!(null)).unwrap();
+    // A third of the way in, engine A leaves: arrivals stop, running users are cut.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while srv.requests("/hit").len() < 12 {
+        assert!(std::time::Instant::now() < deadline, "no arrivals");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.command(EngineCommand::Stop {
+        grace: Duration::ZERO,
+    });
+    while a.next_report().await.is_some() {}
+    let left = a.left_over();
+    assert_eq!(left.shares.len(), 2, "one share per worker: {left:?}");
+    for (segment, from) in &left.shares {
+        b.command(EngineCommand::Adopt {
+            segment: *segment,
+            from_user: *from,
+        });
+        // Repeats are no-ops.
+        b.command(EngineCommand::Adopt {
+            segment: *segment,
+            from_user: *from,
+        });
+    }
+    finish(b, Duration::from_secs(20)).await;
+    let mut ids: Vec<u64> = srv
+        .requests("/hit")
+        .iter()
+        .map(|r| r.path.split("vu=").nth(1).unwrap().parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=40).collect::<Vec<u64>>());
+}
+
+/// Looping users of an adopted share start like the engine's own: the run keeps its
+/// number of looping users.
+#[tokio::test]
+async fn adopted_looping_users_loop_too() {
+    let srv = server().await;
+    let (_f, s) = scenario(
+        r#"
+import http from 'punisher/http';
+import { sleep, vu } from 'punisher';
+export const options = { vus: 4, duration: '1s' };
+export default async function () {
+  await http.get(`${__ENV.API}/loop?vu=${vu.idInTest}`);
+  await sleep(0.1);
+}
+"#,
+        &env(&srv),
+    );
+    let halves = punisher_core::Segment::FULL.split(&[1.0, 1.0]);
+    let mut cfg = config(&s, 1, env(&srv));
+    cfg.segment = halves[0];
+    let handle = start(Arc::new(s), cfg, json!(null)).unwrap();
+    handle.command(EngineCommand::Adopt {
+        segment: halves[1],
+        from_user: 0,
+    });
+    finish(handle, Duration::from_secs(10)).await;
+    let ids: std::collections::BTreeSet<u64> = srv
+        .requests("/loop")
+        .iter()
+        .map(|r| r.path.split("vu=").nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=4).collect());
 }

@@ -1,7 +1,6 @@
-//! A deliberately tiny HTTP/1.1 client for plain-HTTP endpoints on a private network: the
-//! instance metadata service and the controller's agent-binary checksums. One request per
-//! connection (`Connection: close`), bounded body, bounded time; no TLS, no redirects.
-//! Kept dependency-free (tokio only) so that [`crate::imds`] can move into the agent crate.
+//! A deliberately tiny HTTP/1.1 client for a plain-HTTP endpoint: the controller's
+//! agent-binary checksums (`GET /agent/<target-triple>.sha256`). One request per connection
+//! (`Connection: close`), bounded body, bounded time; no TLS, no redirects.
 
 use std::time::Duration;
 

@@ -7,7 +7,9 @@
 //! - [`down`]: terminate every tagged instance, delete the security groups, verify.
 //! - [`status`]: a cluster's instances, and `ls` of all clusters by tag.
 //! - [`userdata`]: the cloud-init script from `deploy/cloud-init/` (never any credential).
-//! - [`imds`]: the agent-side spot interruption watcher (IMDSv2); SDK-free, for the agent.
+//!
+//! The agent-side spot interruption watcher (IMDSv2) lives in `punisher_agent::imds`: the
+//! agent must not link the AWS SDK.
 //!
 //! Spend cannot run away: every resource carries `punisher:cluster`, `punisher:expires-at`
 //! and `punisher:controller`; every instance is spot (one-time, terminate on interruption),
@@ -19,7 +21,6 @@ pub mod aws;
 pub mod down;
 pub mod error;
 mod http;
-pub mod imds;
 pub mod pricing;
 pub mod progress;
 pub mod regions;

@@ -216,3 +216,58 @@ fn min_opt(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, state: &str) -> Instance {
+        Instance {
+            id: id.into(),
+            instance_type: "c7g.large".into(),
+            zone: "eu-west-1a".into(),
+            state: state.into(),
+            launch_time: None,
+            lifecycle: Some("spot".into()),
+            private_ip: None,
+            tags: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn joined_counts_live_instances_whose_agent_said_hello() {
+        let st = ClusterStatus {
+            name: "tv".into(),
+            regions: vec![
+                RegionInstances {
+                    region: "eu-west-1".into(),
+                    instances: vec![
+                        instance("i-1", "running"),
+                        instance("i-2", "running"),
+                        instance("i-3", "pending"),
+                        instance("i-4", "terminated"),
+                    ],
+                    error: None,
+                },
+                RegionInstances {
+                    region: "us-east-1".into(),
+                    instances: vec![instance("i-5", "running")],
+                    error: None,
+                },
+            ],
+        };
+        // i-4 is gone (its agent may still be listed by the controller for a while).
+        let joined: HashSet<String> = ["i-1", "i-4", "i-5"].map(String::from).into();
+        let text = st.render(Some(&joined));
+        assert!(
+            text.contains("eu-west-1        1 pending, 2 running, 1 terminated; joined 1/3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("us-east-1        1 running; joined 1/1"),
+            "{text}"
+        );
+        assert!(text.contains("cluster tv: 4 live instances\n"), "{text}");
+        assert!(st.render(None).contains("joined unknown"));
+    }
+}

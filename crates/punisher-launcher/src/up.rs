@@ -42,8 +42,10 @@ pub struct UpConfig {
     pub ttl: Duration,
     /// `--ami REGION=ami-...`.
     pub ami_overrides: HashMap<String, String>,
-    /// Base URL serving `/<target-triple>` and `/<target-triple>.sha256`;
-    /// default `http://CONTROLLER/agent`.
+    /// Base URL serving `/<target-triple>` and `/<target-triple>.sha256`; default
+    /// `http://HOST:PORT+1/agent` for `--controller HOST:PORT`: the controller's gRPC port
+    /// is TLS, its plain-HTTP binary endpoint (`punisher controller --http-listen`) is by
+    /// convention on the next port.
     pub agent_url: Option<String>,
     /// Checksums by target triple, when given; otherwise read from the controller at launch.
     pub agent_sha256: HashMap<String, String>,
@@ -120,9 +122,20 @@ impl UpConfig {
     }
 
     fn agent_url(&self) -> String {
-        self.agent_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}/agent", self.controller))
+        if let Some(url) = &self.agent_url {
+            return url.clone();
+        }
+        match split_host_port(&self.controller) {
+            Some((host, port)) => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.to_owned()
+                };
+                format!("http://{host}:{}/agent", port.saturating_add(1))
+            }
+            None => format!("http://{}/agent", self.controller),
+        }
     }
 }
 

@@ -170,7 +170,8 @@ async fn up_status_ls_down_across_three_regions() {
             assert!(script.contains("CONTROLLER='127.0.0.1:9'"));
             assert!(script.contains(&format!("FINGERPRINT='{FINGERPRINT}'")));
             assert!(script.contains("TOKEN='run-token-123'"));
-            assert!(script.contains("AGENT_URL='http://127.0.0.1:9/agent'"));
+            // The controller's binary endpoint: by convention its gRPC port + 1.
+            assert!(script.contains("AGENT_URL='http://127.0.0.1:10/agent'"));
             assert!(script.contains("aarch64-unknown-linux-gnu") || script.contains("x86_64"));
             assert!(script.contains("shutdown -h \"+${TTL_MINUTES}\""));
             assert!(!script.contains(SECRET_KEY), "secret key in user data");

@@ -126,7 +126,9 @@ impl ResultsDir {
     }
 }
 
-fn validate_run_id(run_id: &str) -> Result<()> {
+/// Checks that `run_id` can name a run folder: letters, digits, `-`, `_` and `.`, not only
+/// dots, at most 200 characters.
+pub fn validate_run_id(run_id: &str) -> Result<()> {
     let ok = !run_id.is_empty()
         && run_id.len() <= 200
         && !run_id.chars().all(|c| c == '.')

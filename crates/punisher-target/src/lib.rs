@@ -23,11 +23,13 @@
 //! # Layout
 //! `http` the routes, `sio` the Socket.IO handlers and transport accounting, `sessions`
 //! the session store, `stats` counters and snapshots, `delay` precise latency, `relay`
-//! several target processes acting as one.
+//! several target processes acting as one, `serve` the accept loop and connection
+//! settings (idle keep-alive connections are closed after `keep_alive_timeout`).
 
 mod delay;
 mod http;
 mod relay;
+mod serve;
 mod sessions;
 mod sio;
 mod stats;
@@ -39,7 +41,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::layer::SocketIoLayer;
@@ -51,6 +52,10 @@ pub use stats::{ByTransport, Logins, SocketStats, StatsSnapshot};
 
 /// How long `serve` waits, after cancellation, for connections to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Between node's `keepAliveTimeout` (5 s) and nginx's `keepalive_timeout` (75 s): long
+/// enough that a loaded machine does not cut a slow first request, short enough that a
+/// crowd of idle viewers does not pin one HTTP connection each (see `serve`).
+const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// Target settings. Build it with [`TargetConfig::new`] and set the fields.
 #[derive(Debug, Clone)]
@@ -67,6 +72,9 @@ pub struct TargetConfig {
     /// made to this process are repeated to them and their answers added up. Empty for a
     /// single process.
     pub peers: Vec<SocketAddr>,
+    /// An HTTP connection that waits this long for its next request (or for the head of
+    /// its first one) is closed. Upgraded websockets are not concerned.
+    pub keep_alive_timeout: Duration,
 }
 
 impl TargetConfig {
@@ -80,6 +88,7 @@ impl TargetConfig {
             socketio: true,
             ts_field: "ts".to_owned(),
             peers: Vec::new(),
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE,
         }
     }
 
@@ -87,6 +96,9 @@ impl TargetConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ConfigError::ErrorRate(self.error_rate));
+        }
+        if self.keep_alive_timeout.is_zero() {
+            return Err(ConfigError::KeepAlive);
         }
         if self.ts_field.is_empty() || self.ts_field == "id" || self.ts_field == "question" {
             return Err(ConfigError::TsField(self.ts_field.clone()));
@@ -103,6 +115,8 @@ pub enum ConfigError {
     ErrorRate(f64),
     #[error("timestamp field name {0:?} is empty or taken")]
     TsField(String),
+    #[error("the keep-alive timeout must be above zero")]
+    KeepAlive,
 }
 
 /// State shared by every handler.
@@ -187,7 +201,11 @@ impl Target {
     pub fn router(&self) -> Router {
         let router = http::routes(self.app.clone());
         match &self.layer {
-            Some(layer) => router.layer(layer.clone()),
+            // The copy runs before socketioxide, which keeps the handshake's request parts
+            // for the socket's lifetime (see `sio::detach_from_read_buffer`).
+            Some(layer) => router
+                .layer(layer.clone())
+                .layer(axum::middleware::map_request(sio::detach_from_read_buffer)),
             None => router,
         }
     }
@@ -209,26 +227,18 @@ impl Target {
     pub async fn serve(self, listener: TcpListener, cancel: CancellationToken) -> io::Result<()> {
         let router = self.router();
         let app = self.app.clone();
-        let shutdown = {
-            let cancel = cancel.clone();
-            async move {
-                cancel.cancelled().await;
-                // Websocket and long-poll connections never go idle by themselves.
-                sio::close_all(&app.io, &app.shared).await;
-            }
-        };
-        // Responses are single small writes; Nagle would only add delay to pipelined ones.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-        tokio::select! {
-            r = std::future::IntoFuture::into_future(server) => r,
-            () = async { cancel.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-                tracing::warn!("target connections did not drain in time");
-                Ok(())
-            }
-        }
+        // Websocket and long-poll connections never go idle by themselves.
+        let close_sockets = async move { sio::close_all(&app.io, &app.shared).await };
+        let keep_alive = self.app.shared.cfg.keep_alive_timeout;
+        serve::serve(
+            listener,
+            router,
+            keep_alive,
+            cancel,
+            close_sockets,
+            SHUTDOWN_GRACE,
+        )
+        .await
     }
 }
 
@@ -275,9 +285,25 @@ impl RunningTarget {
     }
 }
 
+/// Connections waiting to be accepted. The kernel caps it at `net.core.somaxconn`; tokio's
+/// default (1,024) overflows when thousands of viewers connect within a second, and each
+/// overflow costs the client a SYN retransmission (1 s, then 3 s...).
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` for a target, with a listen backlog sized for connection bursts.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds 127.0.0.1:0 and serves a target there in a tokio task.
 pub async fn spawn_local_target(cfg: TargetConfig) -> io::Result<RunningTarget> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let listener = bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     Ok(spawn_on(listener, cfg))
 }
 
@@ -304,7 +330,7 @@ fn spawn_on(listener: TcpListener, cfg: TargetConfig) -> RunningTarget {
 pub async fn spawn_local_cluster(cfg: TargetConfig, n: usize) -> io::Result<Vec<RunningTarget>> {
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
-        listeners.push(TcpListener::bind(("127.0.0.1", 0)).await?);
+        listeners.push(bind_listener(SocketAddr::from(([127, 0, 0, 1], 0)))?);
     }
     let addrs = listeners
         .iter()

@@ -40,7 +40,10 @@ pub struct StatsSnapshot {
     pub logins: Logins,
     pub info_calls: u64,
     pub timeline_calls: u64,
+    /// Votes accepted: at most one per session, so this is also the number of distinct
+    /// voters (HTTP and Socket.IO votes together).
     pub votes: u64,
+    /// Votes refused because their session had voted already.
     pub duplicate_votes: u64,
     pub unauthorized: u64,
     pub bad_requests: u64,

@@ -326,3 +326,63 @@ fn consecutive_addresses() {
     assert_eq!(addrs.len(), 2, "ports past 65535 are dropped");
     assert_eq!(punisher_target::peers_of(&addrs, 0), vec![addrs[1]]);
 }
+
+/// Reads one `Content-Length` response from a kept-alive connection; returns its status.
+async fn read_response(s: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap();
+            if body.len() >= len {
+                return head.split(' ').nth(1).unwrap().parse().unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = TargetConfig::new();
+    cfg.keep_alive_timeout = Duration::from_millis(300);
+    let target = punisher_target::spawn_local_target(cfg).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(target.addr).await.unwrap();
+    let req = format!("GET /admin/stats HTTP/1.1\r\nHost: {}\r\n\r\n", target.addr);
+    // Two requests on one connection: keep-alive works while the client is busy.
+    for _ in 0..2 {
+        s.write_all(req.as_bytes()).await.unwrap();
+        assert_eq!(read_response(&mut s).await, 200);
+    }
+    // Then the idle connection is closed by the target, not much later than its timeout.
+    let idle = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the idle connection is still open after 10 s");
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    target.shutdown().await.unwrap();
+}
+
+#[test]
+fn keep_alive_timeout_must_be_positive() {
+    let mut cfg = TargetConfig::new();
+    assert!(cfg.validate().is_ok());
+    cfg.keep_alive_timeout = Duration::ZERO;
+    assert!(cfg.validate().is_err());
+}

@@ -121,6 +121,7 @@ impl Host {
                 default_fn: None,
                 setup_fn: None,
                 teardown_fn: None,
+                handle_summary_fn: None,
                 data: None,
             })
         });
@@ -208,7 +209,8 @@ fn evaluate_in<'js>(
     })?;
     let setup_fn = function("setup")?;
     let teardown_fn = function("teardown")?;
-    let has_handle_summary = function("handleSummary")?.is_some();
+    let handle_summary_fn = function("handleSummary")?;
+    let has_handle_summary = handle_summary_fn.is_some();
     let options_value: Value<'js> = ns.get("options").map_err(script)?;
     let options = if options_value.is_undefined() || options_value.is_null() {
         serde_json::Value::Null
@@ -237,6 +239,7 @@ fn evaluate_in<'js>(
         hidden.default_fn = Some(Persistent::save(ctx, default_fn));
         hidden.setup_fn = setup_fn.map(|f| Persistent::save(ctx, f));
         hidden.teardown_fn = teardown_fn.map(|f| Persistent::save(ctx, f));
+        hidden.handle_summary_fn = handle_summary_fn.map(|f| Persistent::save(ctx, f));
     }
     Ok(info)
 }

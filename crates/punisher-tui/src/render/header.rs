@@ -52,12 +52,17 @@ fn chips(view: &RunView, compact: bool) -> Vec<Vec<Span<'static>>> {
             format!(" {:^8} ", state_name(view.state)),
             state_style(view.state),
         )],
+        // No planned duration (an open-ended run, or not known): the elapsed time alone.
         vec![Span::styled(
-            format!(
-                "{} / {}",
-                format::clock(view.elapsed_secs),
-                format::clock(view.planned_secs)
-            ),
+            if view.planned_secs > 0.0 {
+                format!(
+                    "{} / {}",
+                    format::clock(view.elapsed_secs),
+                    format::clock(view.planned_secs)
+                )
+            } else {
+                format::clock(view.elapsed_secs)
+            },
             bold,
         )],
         vec![

@@ -85,6 +85,24 @@ pub fn render(frame: &mut Frame<'_>, app: &App) {
     overlay::draw(frame, app);
 }
 
+/// The dashboard for `app` drawn on a `width` x `height` in-memory terminal, as text: one
+/// line per row. For tests of callers that map their own views (they need no ratatui).
+pub fn render_text(app: &App, width: u16, height: u16) -> String {
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height))
+        .unwrap_or_else(|e| match e {});
+    // TestBackend cannot fail to draw.
+    let _ = terminal.draw(|frame| render(frame, app));
+    let buf = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn full(area: Rect, buf: &mut Buffer, app: &App) {
     let view = app.view();
     // At this breakpoint every minimum fits; the charts take what the tables and the log leave.

@@ -4,28 +4,28 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use punisher_launcher::imds::{self, SpotNotice};
+use punisher_agent::imds::{self, SpotNotice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
-struct State {
-    notice: Option<String>,
+pub(crate) struct State {
+    pub(crate) notice: Option<String>,
     token: Option<String>,
     tokens_issued: u32,
     unauthorized: u32,
 }
 
-struct FakeImds {
-    url: String,
-    state: Arc<Mutex<State>>,
+pub(crate) struct FakeImds {
+    pub(crate) url: String,
+    pub(crate) state: Arc<Mutex<State>>,
     /// One message per instance-action poll.
     polls: mpsc::Receiver<()>,
 }
 
-async fn start() -> FakeImds {
+pub(crate) async fn start() -> FakeImds {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state = Arc::new(Mutex::new(State::default()));
@@ -109,7 +109,7 @@ async fn start() -> FakeImds {
     FakeImds { url, state, polls }
 }
 
-const NOTICE: &str = r#"{"action": "terminate", "time": "2026-11-22T10:12:00Z"}"#;
+pub(crate) const NOTICE: &str = r#"{"action": "terminate", "time": "2026-11-22T10:12:00Z"}"#;
 const INTERVAL: Duration = Duration::from_millis(20);
 const BOUND: Duration = Duration::from_secs(10);
 
