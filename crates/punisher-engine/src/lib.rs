@@ -12,12 +12,14 @@
 //!   draining and per-second reports.
 //! - `metrics`: built-in and custom metrics over a `punisher_metrics::Recorder`.
 //! - [`barrier`]: [`BarrierHub`] and the in-process [`LocalBarrierHub`].
+//! - `clock`: the process's wall clock corrected to the controller's ([`set_clock_offset_us`]).
 //!
 //! This is the only crate that knows rquickjs. It records metrics and sends one
 //! [`WorkerReport`] per worker per second; aggregation, thresholds and output are the caller's.
 
 pub mod barrier;
 pub mod bundle;
+mod clock;
 mod control;
 mod error;
 mod js;
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 
 pub use barrier::{BarrierError, BarrierHub, LocalBarrierHub};
 pub use bundle::Bundle;
+pub use clock::{clock_offset_us, set_clock_offset_us, unix_ms_corrected, unix_us_corrected};
 pub use error::{Location, RunError, ScenarioError, ScriptError};
 
 use control::Control;

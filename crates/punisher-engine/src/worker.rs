@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use punisher_clients::http::{DEFAULT_MAX_REDIRECTS, HttpConfig, HttpShared};
 use punisher_core::{Executor, Plan, Segment};
@@ -208,11 +208,10 @@ impl Sched {
     }
 }
 
+/// Report boundaries are whole seconds of the corrected clock (the controller's), so that
+/// every agent's seconds are the same seconds.
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::unix_ms_corrected()
 }
 
 fn thread_cpu() -> Duration {

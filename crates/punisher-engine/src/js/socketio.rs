@@ -7,7 +7,7 @@
 //! the decoded JSON towards it, with placeholders turned into `ArrayBuffer`s.
 
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use punisher_clients::cookies::{CookieJar, SharedJar};
@@ -399,11 +399,10 @@ fn emit_with_ack<'js>(
     })
 }
 
+/// The receive time on the corrected clock (the controller's), which every agent of a run
+/// shares; a stamp the target server wrote is compared with the common time.
 fn unix_ms() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
+    crate::clock::unix_ms_corrected_f64()
 }
 
 /// Forgets the connection when its driver ends or is dropped.
