@@ -136,11 +136,9 @@ impl From<ConnectError> for AgentError {
     }
 }
 
+/// Times the controller reads (report and departure times) are on its clock: corrected.
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    punisher_engine::unix_ms_corrected()
 }
 
 fn unix_us() -> u64 {
@@ -567,14 +565,20 @@ impl Agent {
             current.as_ref().is_some_and(|c| c.run_id == run_id)
         };
         match kind {
-            Cmd::Ping(p) => send(
-                out,
-                Msg::Pong(v1::Pong {
-                    nonce: p.nonce,
-                    ping_sent_unix_us: p.sent_unix_us,
-                    agent_unix_us: unix_us(),
-                }),
-            )?,
+            Cmd::Ping(p) => {
+                // The controller's clock is the run's: the engine labels time with ours
+                // corrected by its estimate. The Pong carries our own clock, uncorrected, so
+                // that the estimate stays the whole offset.
+                punisher_engine::set_clock_offset_us(p.agent_offset_us);
+                send(
+                    out,
+                    Msg::Pong(v1::Pong {
+                        nonce: p.nonce,
+                        ping_sent_unix_us: p.sent_unix_us,
+                        agent_unix_us: unix_us(),
+                    }),
+                )?
+            }
             Cmd::Ack(a) => {
                 if let Some(c) = self.current.as_mut().filter(|c| c.run_id == a.run_id) {
                     c.outbox.retain(|r| r.seq > a.seq);
@@ -828,7 +832,8 @@ impl Agent {
             active_users: report.active_users,
             target_users: report.target_users,
             arrived_users: report.arrived_users,
-            open_connections: 0,
+            open_connections: report.open_connections,
+            open_sockets: report.open_sockets,
             cpu_busy_mean: report.cpu_busy_mean,
             cpu_busy_max: report.cpu_busy_max,
             event_loop_lag_us: report.event_loop_lag.as_micros() as u64,

@@ -422,6 +422,25 @@ async fn malformed_and_oversized_messages_are_rejected_without_a_crash() {
     controller.task.await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_carry_the_agents_clock_offset() {
+    let _serial = serial().await;
+    let controller = TestController::start(false).await;
+    // An agent 5 s ahead: the Ping after its first Pong tells it so (to within the round
+    // trip on loopback).
+    let skew_us = 5_000_000;
+    let (offset, pings) = tokio::time::timeout(
+        Duration::from_secs(15),
+        fake::agent_with_skewed_clock(&controller, skew_us),
+    )
+    .await
+    .expect("a ping with the offset within 15 s");
+    assert!((offset - skew_us).abs() < 50_000, "{offset}");
+    assert!(pings >= 2, "the first ping cannot know the offset: {pings}");
+    controller.cancel.cancel();
+    controller.task.await.unwrap();
+}
+
 const LONG_LOOP: &str = r#"
 import http from 'punisher/http';
 import { sleep, vu } from 'punisher';
@@ -718,6 +737,49 @@ mod fake {
                     .unwrap();
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Joins with a clock `skew_us` ahead of the controller's (its Pongs say so) and
+    /// returns the first non-zero `agent_offset_us` a Ping carries and how many Pings came.
+    pub(crate) async fn agent_with_skewed_clock(c: &TestController, skew_us: i64) -> (i64, u32) {
+        let mut client = agent_client(channel(c).await, TokenInterceptor::new(TOKEN).unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(hello(punisher_proto::PROTOCOL_VERSION, "skewed"))
+            .await
+            .unwrap();
+        let mut inbound = client
+            .session(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut pings = 0;
+        loop {
+            let msg = inbound
+                .message()
+                .await
+                .unwrap()
+                .expect("the controller hung up");
+            if let Some(Cmd::Ping(p)) = msg.kind {
+                pings += 1;
+                if p.agent_offset_us != 0 {
+                    return (p.agent_offset_us, pings);
+                }
+                let now_us = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros() as i64;
+                let pong = v1::Pong {
+                    nonce: p.nonce,
+                    ping_sent_unix_us: p.sent_unix_us,
+                    agent_unix_us: (now_us + skew_us) as u64,
+                };
+                tx.send(v1::AgentMessage {
+                    kind: Some(Msg::Pong(pong)),
+                })
+                .await
+                .unwrap();
             }
         }
     }

@@ -12,11 +12,14 @@
 //!   [`punisher_controller::RunCommand`]s `punisher ctl` sends. [`Dashboard::close`] gives the
 //!   terminal back; `punisher_tui` also restores it on panic and when its task is dropped.
 //! - [`ctl_watch`]: `punisher ctl watch`, the dashboard attached to a standing controller.
-//! - [`LogWriter`]: the binary's tracing output, held back while a dashboard is up.
+//! - [`LogWriter`]: the binary's tracing output, held back while a dashboard is up;
+//!   [`child_line`]: the same for the forwarded stderr of a local run's child processes,
+//!   whose warnings and errors also go to the log pane.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use punisher_controller::{AgentState, ClientConfig, ClusterClient, RunCommand, RunState, RunView};
@@ -43,6 +46,12 @@ static DASHBOARD_UP: AtomicBool = AtomicBool::new(false);
 /// Log output held while the dashboard is up (bounded; printed when it leaves).
 static HELD_LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 const MAX_HELD_LOG_BYTES: usize = 64 * 1024;
+/// Log writes that did not fit in [`HELD_LOGS`]: said when the dashboard leaves.
+static DROPPED_LOGS: AtomicU64 = AtomicU64::new(0);
+/// Warnings and errors of child processes on their way to the log pane (taken by the next
+/// [`Dashboard::show`]); the oldest go first when the run produces them faster.
+static CHILD_PANE: Mutex<VecDeque<(core::LogLevel, String)>> = Mutex::new(VecDeque::new());
+const MAX_CHILD_PANE_LINES: usize = 50;
 
 /// The tracing writer of the `punisher` binary: stderr, except while the dashboard has the
 /// terminal, where a log line would be drawn over it; those lines are printed when it leaves.
@@ -62,6 +71,8 @@ impl std::io::Write for LogWriter {
             let mut held = HELD_LOGS.lock().unwrap_or_else(|e| e.into_inner());
             if held.len() + buf.len() <= MAX_HELD_LOG_BYTES {
                 held.extend_from_slice(buf);
+            } else {
+                DROPPED_LOGS.fetch_add(1, Ordering::Relaxed);
             }
             return Ok(buf.len());
         }
@@ -77,10 +88,84 @@ impl std::io::Write for LogWriter {
 fn release_logs() {
     DASHBOARD_UP.store(false, Ordering::Release);
     let held = std::mem::take(&mut *HELD_LOGS.lock().unwrap_or_else(|e| e.into_inner()));
+    CHILD_PANE.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let dropped = DROPPED_LOGS.swap(0, Ordering::Relaxed);
+    use std::io::Write as _;
     if !held.is_empty() {
-        use std::io::Write as _;
         let _ = std::io::stderr().write_all(&held);
     }
+    if dropped > 0 {
+        eprintln!("({dropped} more log lines were dropped while the dashboard was up)");
+    }
+}
+
+/// A line of a child process's stderr (a local run's agents and demo target), `[name]` in
+/// front. Like [`LogWriter`]'s lines it waits while the dashboard has the terminal; its
+/// warnings and errors also show in the dashboard's log pane meanwhile.
+pub(crate) fn child_line(name: &str, line: &str) {
+    use std::io::Write as _;
+    let _ = LogWriter.write_all(format!("[{name}] {line}\n").as_bytes());
+    if !DASHBOARD_UP.load(Ordering::Acquire) {
+        return;
+    }
+    let (level, message) = parse_child_line(line);
+    if matches!(level, core::LogLevel::Warn | core::LogLevel::Error) {
+        let mut pane = CHILD_PANE.lock().unwrap_or_else(|e| e.into_inner());
+        if pane.len() == MAX_CHILD_PANE_LINES {
+            pane.pop_front();
+        }
+        pane.push_back((level, format!("[{name}] {message}")));
+    }
+}
+
+/// The level and the message of a child's log line. The children log with tracing's default
+/// format (`TIME  LEVEL message fields`, ANSI colours included when they are on); a line in
+/// another form (a panic, a plain `eprintln!`) is an error if it says so, info otherwise.
+fn parse_child_line(line: &str) -> (core::LogLevel, String) {
+    let plain = strip_ansi(line);
+    let mut rest = plain.trim_start();
+    // The timestamp, when the line has one.
+    if let Some((first, after)) = rest.split_once(' ')
+        && first.len() >= 10
+        && first.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && first.as_bytes()[4] == b'-'
+    {
+        rest = after.trim_start();
+    }
+    let (word, after) = rest.split_once(' ').unwrap_or((rest, ""));
+    let level = match word {
+        "ERROR" => Some(core::LogLevel::Error),
+        "WARN" => Some(core::LogLevel::Warn),
+        "INFO" | "DEBUG" | "TRACE" => Some(core::LogLevel::Info),
+        _ => None,
+    };
+    match level {
+        Some(level) => (level, after.trim_start().to_owned()),
+        None if rest.starts_with("thread '") || rest.starts_with("Error: ") => {
+            (core::LogLevel::Error, rest.to_owned())
+        }
+        None => (core::LogLevel::Info, rest.to_owned()),
+    }
+}
+
+/// `s` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Whether `punisher run` / `punisher ctl watch` should show the dashboard: both stdout and
@@ -157,7 +242,19 @@ impl Dashboard {
 
     /// Shows the latest merged view.
     pub(crate) fn show(&mut self, view: &RunView) {
-        let mapped = self.mapper.map(view);
+        let mut mapped = self.mapper.map(view);
+        // Child processes' warnings since the last view, stamped with this view's time.
+        let children: Vec<_> = CHILD_PANE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        if !children.is_empty() {
+            for (level, message) in children {
+                self.mapper.push_log(level, message);
+            }
+            mapped.log = self.mapper.log.clone();
+        }
         self.views.send_replace(mapped);
     }
 
@@ -1161,9 +1258,74 @@ mod tests {
         DASHBOARD_UP.store(true, Ordering::Release);
         LogWriter.write_all(b"held line\n").unwrap();
         assert_eq!(HELD_LOGS.lock().unwrap().as_slice(), b"held line\n");
+        // A child's lines wait too; its warnings also go to the log pane.
+        child_line(
+            "agent 1",
+            "2026-11-22T13:39:17.123456Z  \u{1b}[33m WARN\u{1b}[0m engine error",
+        );
+        child_line("agent 1", "2026-11-22T13:39:17.123456Z  INFO loaded");
+        assert_eq!(
+            HELD_LOGS.lock().unwrap().as_slice(),
+            "held line\n[agent 1] 2026-11-22T13:39:17.123456Z  \u{1b}[33m WARN\u{1b}[0m engine error\n[agent 1] 2026-11-22T13:39:17.123456Z  INFO loaded\n".as_bytes()
+        );
+        assert_eq!(
+            CHILD_PANE
+                .lock()
+                .unwrap()
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>(),
+            vec![(core::LogLevel::Warn, "[agent 1] engine error".to_owned())]
+        );
+        // Bounded: past the cap, lines are counted, not kept.
+        for _ in 0..MAX_HELD_LOG_BYTES / 16 {
+            LogWriter.write_all(b"0123456789abcde\n").unwrap();
+        }
+        assert!(HELD_LOGS.lock().unwrap().len() <= MAX_HELD_LOG_BYTES);
+        assert!(DROPPED_LOGS.load(Ordering::Relaxed) > 0);
+        for i in 0..MAX_CHILD_PANE_LINES + 5 {
+            child_line("agent 2", &format!("ERROR failure {i}"));
+        }
+        assert_eq!(CHILD_PANE.lock().unwrap().len(), MAX_CHILD_PANE_LINES);
         release_logs();
         assert!(HELD_LOGS.lock().unwrap().is_empty());
+        assert!(CHILD_PANE.lock().unwrap().is_empty());
+        assert_eq!(DROPPED_LOGS.load(Ordering::Relaxed), 0);
         assert!(!DASHBOARD_UP.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn child_lines_are_parsed_for_the_log_pane() {
+        use self::core::LogLevel::{Error, Info, Warn};
+        let cases = [
+            (
+                "2026-11-22T13:39:17.123Z ERROR cannot connect",
+                Error,
+                "cannot connect",
+            ),
+            (
+                "\u{1b}[2m2026-11-22T13:39:17Z\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m slow agent_id=a",
+                Warn,
+                "slow agent_id=a",
+            ),
+            ("  INFO joined", Info, "joined"),
+            (
+                "thread 'main' panicked at src/x.rs:1:1",
+                Error,
+                "thread 'main' panicked at src/x.rs:1:1",
+            ),
+            ("Error: cannot bind", Error, "Error: cannot bind"),
+            ("plain words", Info, "plain words"),
+            ("", Info, ""),
+        ];
+        for (line, level, message) in cases {
+            assert_eq!(
+                parse_child_line(line),
+                (level, message.to_owned()),
+                "{line:?}"
+            );
+        }
+        assert_eq!(strip_ansi("a\u{1b}[1;31mb\u{1b}[0mc\u{1b}"), "abc");
     }
 
     #[test]

@@ -381,6 +381,8 @@ pub(crate) fn status_line(view: &RunView, planned: Duration) -> String {
             finished: false,
             event_loop_lag: Duration::ZERO,
             cpu_busy: 0.0,
+            open_connections: 0,
+            open_sockets: 0,
         },
     )]);
     let line = StatusView::from_interval(view.elapsed, planned, &cluster, &view.interval).render();

@@ -1,5 +1,5 @@
 //! Network plumbing shared by every client: the source-address pool, TCP connect from a
-//! chosen source address, and a small per-worker DNS cache.
+//! chosen source address, a small per-worker DNS cache, and the gauge of open connections.
 //!
 //! One machine can hold at most ~28k outgoing connections to one `ip:port` from one source
 //! address (the ephemeral port range). Spreading connections over many loopback (or
@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpSocket, TcpStream};
@@ -98,6 +98,42 @@ fn parse_v4(s: &str) -> Result<Ipv4Addr, NetError> {
     s.trim()
         .parse()
         .map_err(|_| NetError::InvalidAddr(s.trim().to_owned()))
+}
+
+/// How many TCP connections a worker's clients hold open right now (HTTP keep-alive and
+/// in-flight connections, WebSocket and Engine.IO streams). One per worker, shared by its
+/// clients through their options; a connection counts from its TCP connect until its
+/// stream is dropped (an [`OpenGuard`] lives inside it). An uncontended relaxed atomic:
+/// the worker's own thread is the only one that touches it on the hot path.
+#[derive(Debug, Clone, Default)]
+pub struct OpenGauge(Arc<AtomicU64>);
+
+impl OpenGauge {
+    /// A gauge at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connections open now.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one more open connection until the returned guard is dropped.
+    pub fn open(&self) -> OpenGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(self.0.clone())
+    }
+}
+
+/// One connection counted by an [`OpenGauge`]; dropping it uncounts it.
+#[derive(Debug)]
+pub struct OpenGuard(Arc<AtomicU64>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Opens a TCP connection to `addr`, from `source` when given, with `TCP_NODELAY` set.
@@ -195,6 +231,18 @@ mod tests {
                 .collect::<Vec<_>>()
         });
         assert_eq!(got, expect, "spec {spec:?}");
+    }
+
+    #[test]
+    fn gauge_counts_guards() {
+        let g = OpenGauge::new();
+        let a = g.open();
+        let b = g.clone().open();
+        assert_eq!(g.get(), 2);
+        drop(a);
+        assert_eq!(g.get(), 1);
+        drop(b);
+        assert_eq!(g.get(), 0);
     }
 
     #[test]

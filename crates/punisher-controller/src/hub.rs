@@ -1,7 +1,8 @@
 //! The hub: one task that owns the agent registry and the current run. Agent sessions and
-//! admin calls talk to it through one bounded queue of [`HubEvent`]s; a 1 s tick closes
-//! the merged interval (journal first, then acks, thresholds and the live view) and a
-//! 250 ms check finds lost agents, pings, and moves the run through its states.
+//! admin calls talk to it through one bounded queue of [`HubEvent`]s; a tick 500 ms after
+//! each wall-clock second closes that whole second (journal first, then acks, thresholds
+//! and the live view) and a 250 ms check finds lost agents, pings (carrying each agent's
+//! clock offset), and moves the run through its states.
 //!
 //! One task, no locks: every decision about agents and the run is taken in one place, in
 //! the order events arrived.
@@ -26,7 +27,7 @@ use tonic::codegen::Bytes;
 
 use crate::RunCommand;
 use crate::journal::Recorder;
-use crate::merge::Merger;
+use crate::merge::{Merger, second_of};
 use crate::prometheus::{Exposition, Publisher};
 use crate::registry::{Agent, AgentTx, Assignment, Conn};
 use crate::view::RunState;
@@ -36,7 +37,13 @@ use crate::view::RunState;
 /// it is full (backpressure onto the agents' streams), nothing is dropped.
 pub(crate) const EVENT_QUEUE: usize = 4096;
 
-const TICK: Duration = Duration::from_secs(1);
+/// The hub closes each wall-clock second this long after it ended. Agents send theirs
+/// 100 ms after the boundary (on the controller's clock, corrected by the offset it
+/// measured); a report that arrives later than this lands in the next second closed.
+const TICK_PHASE: Duration = Duration::from_millis(500);
+/// Seconds closed one by one after a delayed tick; a longer gap (a clock jump, a stalled
+/// hub) is closed as one interval, labelled with its real length.
+const MAX_CATCH_UP_SECONDS: u64 = 30;
 const CHECK: Duration = Duration::from_millis(250);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Agents compile the scenario before the start: this long at most.
@@ -133,7 +140,6 @@ struct Run {
     stop_deadline: Option<Instant>,
     merger: Merger,
     tick: u64,
-    interval_start_ms: u64,
     target_users: u64,
     vus_max: u64,
     paused: bool,
@@ -214,6 +220,16 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The next tick: [`TICK_PHASE`] after a second boundary, the first one still ahead.
+fn next_tick() -> Instant {
+    let now = unix_ms();
+    let mut next = second_of(now) + TICK_PHASE.as_millis() as u64;
+    if next <= now {
+        next += 1000;
+    }
+    Instant::now() + Duration::from_millis(next - now)
+}
+
 fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -231,8 +247,8 @@ pub(crate) async fn run_hub(
     mut events: mpsc::Receiver<HubEvent>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let tick = tokio::time::sleep_until(next_tick());
+    tokio::pin!(tick);
     let mut check = tokio::time::interval(CHECK);
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -245,7 +261,10 @@ pub(crate) async fn run_hub(
             },
             Some(done) = hub.results_done_rx.recv() => hub.results_written(done),
             _ = check.tick() => hub.check().await,
-            _ = tick.tick() => hub.tick().await,
+            _ = &mut tick => {
+                hub.tick().await;
+                tick.as_mut().reset(next_tick());
+            }
         }
     }
     hub.shutdown();
@@ -530,13 +549,17 @@ impl Hub {
             self.disconnect(id, status);
             return;
         }
-        if let Err(e) = run.merger.add_report(&report.snapshot) {
-            let status = Status::invalid_argument(format!("report {}: {e}", report.seq));
-            self.disconnect(id, status);
-            return;
-        }
+        let second = match run.merger.add_report(&report.snapshot) {
+            Ok(second) => second,
+            Err(e) => {
+                let status = Status::invalid_argument(format!("report {}: {e}", report.seq));
+                self.disconnect(id, status);
+                return;
+            }
+        };
         a.accepted_seq = report.seq;
         a.ack_due = true;
+        a.last_second = a.last_second.max(second);
         a.reports += 1;
         a.active_users = report.active_users;
         a.target_users = report.target_users;
@@ -544,6 +567,7 @@ impl Hub {
         a.cpu_busy_max = report.cpu_busy_max;
         a.event_loop_lag_us = report.event_loop_lag_us;
         a.open_connections = report.open_connections;
+        a.open_sockets = report.open_sockets;
         a.suspect = report.cpu_busy_max > SUSPECT_CPU
             || Duration::from_micros(report.event_loop_lag_us) > SUSPECT_LAG;
         if a.suspect {
@@ -801,7 +825,6 @@ impl Hub {
             stop_deadline: None,
             merger: Merger::new(),
             tick: 0,
-            interval_start_ms: 0,
             target_users,
             vus_max: 0,
             paused: false,
@@ -1276,7 +1299,9 @@ impl Hub {
         }
     }
 
-    /// Closes the merged second: journal, acknowledgements, thresholds, live view.
+    /// Closes the whole wall-clock seconds that ended (all that is held when `last`: the
+    /// run is over), each once, as `[s, s + 1000]`: journal, acknowledgements, thresholds,
+    /// live view.
     async fn merge_tick(&mut self, last: bool) {
         let Some(run) = self
             .run
@@ -1286,69 +1311,97 @@ impl Hub {
             return;
         };
         let now_ms = unix_ms();
-        if run.interval_start_ms == 0 {
-            run.interval_start_ms = run.start.map_or(now_ms, |s| s.1);
+        // The first second is the one the run started in; seconds closed are never closed
+        // again (a late report lands in the next one).
+        let first = second_of(run.start.map_or(now_ms, |s| s.1));
+        let from = run.merger.closed_before().max(first);
+        let through = if last {
+            let held = run.merger.last_open_second().map_or(0, |s| s + 1000);
+            held.max(second_of(now_ms) + 1000).max(from + 1000)
+        } else {
+            second_of(now_ms)
+        };
+        if through <= from {
+            return; // no second ended since the last tick (or the clock stepped back)
         }
+        // Usually one second; after a delayed tick each second on its own; after a long gap
+        // one interval as long as the gap (never a second that pretends to be one).
+        let seconds = (through - from) / 1000;
+        let intervals: Vec<(u64, u64)> = if seconds > MAX_CATCH_UP_SECONDS {
+            vec![(from, through)]
+        } else {
+            (0..seconds)
+                .map(|i| (from + i * 1000, from + i * 1000 + 1000))
+                .collect()
+        };
         let mut active = 0;
         let mut live = 0;
         let mut open_connections = 0;
+        let mut open_sockets = 0;
         for id in &run.agents {
             if let Some(agent) = self.agents.get(id).filter(|a| !a.lost) {
                 live += 1;
                 let users = agent.assignment.as_ref().map_or(0, |a| a.active_users);
                 active += users;
                 open_connections += agent.assignment.as_ref().map_or(0, |a| a.open_connections);
+                open_sockets += agent.assignment.as_ref().map_or(0, |a| a.open_sockets);
                 let peak = run.peak_users.entry(id.clone()).or_insert(0);
                 *peak = (*peak).max(users);
             }
         }
         run.vus_max = run.vus_max.max(active);
-        if let Err(e) = run
-            .merger
-            .add_local(&user_gauges(active, run.vus_max, now_ms))
-        {
-            run.note(format!("cannot record vus: {e}"));
-        }
-        let closed = match run
-            .merger
-            .close_interval(run.interval_start_ms, now_ms.max(run.interval_start_ms))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                run.note(format!("cannot merge the interval: {e}"));
-                return;
-            }
-        };
-        run.interval_start_ms = now_ms;
-        run.tick += 1;
         let live = LiveNumbers {
             users_active: active,
             users_target: run.target_users,
             open_connections: Some(open_connections),
-            open_sockets: None,
+            open_sockets: Some(open_sockets),
             agents: live,
         };
-        if run.tick == 1 && run.recorder.is_some() {
-            // The start instant and the agents' clock offsets are known by now.
-            if let Some((_, start_ms)) = run.start {
-                run.info.started_unix_ms = start_ms;
-                run.info.started = punisher_results::rfc3339(start_ms);
+        let mut encoded = None;
+        for (start, end) in intervals {
+            let at = now_ms.clamp(start, end - 1);
+            if let Err(e) = run.merger.add_local(&user_gauges(active, run.vus_max, at)) {
+                run.note(format!("cannot record vus: {e}"));
             }
-            run.info.agents = agent_infos(run, &self.agents);
-            let info = run.info.clone();
+            let closed = match run.merger.close_interval(start, end) {
+                Ok(c) => c,
+                Err(e) => {
+                    run.note(format!("cannot merge the interval: {e}"));
+                    return;
+                }
+            };
+            run.tick += 1;
+            if run.tick == 1 && run.recorder.is_some() {
+                // The start instant and the agents' clock offsets are known by now.
+                if let Some((_, start_ms)) = run.start {
+                    run.info.started_unix_ms = start_ms;
+                    run.info.started = punisher_results::rfc3339(start_ms);
+                }
+                run.info.agents = agent_infos(run, &self.agents);
+                let info = run.info.clone();
+                if let Some(recorder) = run.recorder.as_mut() {
+                    recorder.update_info(info);
+                }
+            }
             if let Some(recorder) = run.recorder.as_mut() {
-                recorder.update_info(info);
+                // Journal first: the writer thread has the second before anyone is shown it.
+                recorder.append(closed.snapshot, live.clone());
             }
+            encoded = Some(closed.encoded);
         }
-        if let Some(recorder) = run.recorder.as_mut() {
-            // Journal first: the writer thread has the second before anyone is shown it.
-            recorder.append(closed.snapshot, live.clone());
-        }
-        // The second is journalled (or queued to the writer, which never loses it short of
-        // a crash): acknowledge it, so that agents may forget it.
+        let Some(encoded) = encoded else {
+            return;
+        };
+        // The seconds are journalled (or queued to the writer, which never loses them short
+        // of a crash): acknowledge the reports that went into them, so that agents may
+        // forget them. A report filed in a second still open waits for its close.
+        let closed_before = run.merger.closed_before();
         for id in &run.agents {
             if let Some(agent) = self.agents.get_mut(id)
-                && let Some(a) = agent.assignment.as_mut().filter(|a| a.ack_due)
+                && let Some(a) = agent
+                    .assignment
+                    .as_mut()
+                    .filter(|a| a.ack_due && a.last_second < closed_before)
             {
                 a.ack_due = false;
                 let seq = a.accepted_seq;
@@ -1358,7 +1411,7 @@ impl Hub {
                 }));
             }
         }
-        run.last_interval = closed.encoded.into();
+        run.last_interval = encoded.into();
         run.last_totals = run.merger.encode_totals().into();
         if let Some(prometheus) = &self.prometheus {
             prometheus.publish(Exposition {
@@ -1485,11 +1538,14 @@ impl Hub {
         if now >= self.next_ping {
             self.next_ping = now + PING_EVERY;
             self.ping_nonce += 1;
-            let ping = v1::Ping {
-                nonce: self.ping_nonce,
-                sent_unix_us: unix_us(),
-            };
+            let sent_unix_us = unix_us();
             for agent in self.agents.values_mut() {
+                // Each agent gets its own offset: it labels time on the controller's clock.
+                let ping = v1::Ping {
+                    nonce: self.ping_nonce,
+                    sent_unix_us,
+                    agent_offset_us: agent.clock.applied_offset_us(),
+                };
                 agent.send(Cmd::Ping(ping));
             }
         }

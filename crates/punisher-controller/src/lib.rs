@@ -41,8 +41,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use binaries::BUILD_TARGET;
-pub use loss::{AgentLoss, AgentLossPolicy};
 pub use client::{ClientConfig, ClientError, ClusterClient, ClusterStatus, RunSubmission};
+pub use loss::{AgentLoss, AgentLossPolicy};
 pub use view::{AgentState, AgentView, BarrierView, RunState, RunView, ThresholdView};
 
 /// How the controller secures its port.

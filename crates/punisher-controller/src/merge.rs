@@ -1,10 +1,27 @@
 //! The merge path of one run: every accepted agent report is decoded straight into the
-//! current interval ([`Merger::add_report`]), and once per second the interval is closed,
+//! open second it is labelled with ([`Merger::add_report`]; agents label each report with
+//! one whole wall-clock second), and once per second the seconds that ended are closed,
 //! added to the run's totals and encoded once for the journal and the live view
 //! ([`Merger::close_interval`]). This is the controller's per-second hot path (1,000 agents
 //! x 100 series); `benches/merge_tick.rs` measures it.
+//!
+//! A report of a second already closed (it arrived late) lands in the first open second:
+//! counted once, a second late. A report labelled far ahead (a clock the offset did not
+//! correct) lands at most [`MAX_AHEAD_MS`] after the last closed second.
+
+use std::collections::BTreeMap;
 
 use punisher_metrics::{MetricsError, Snapshot, SnapshotDecoder, SnapshotEncoder, Totals};
+
+/// How far after the last closed second a report may be filed.
+pub const MAX_AHEAD_MS: u64 = 1000;
+/// Open seconds at most (before the first close, labels are not clamped yet).
+const MAX_OPEN_SECONDS: usize = 16;
+
+/// The whole second (its first millisecond) that `ms` falls in.
+pub fn second_of(ms: u64) -> u64 {
+    ms / 1000 * 1000
+}
 
 /// Why a report's snapshot was refused. The agent that sent it is disconnected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -18,11 +35,14 @@ pub enum MergeError {
     Metrics(#[from] MetricsError),
 }
 
-/// The interval being built, the run's totals, and reusable codec state.
+/// The seconds being built, the run's totals, and reusable codec state.
 pub struct Merger {
     decoder: SnapshotDecoder,
     encoder: SnapshotEncoder,
-    interval: Snapshot,
+    /// Open seconds by their first millisecond.
+    open: BTreeMap<u64, Snapshot>,
+    /// Every second before this instant is closed (0: none yet).
+    closed_before: u64,
     totals: Totals,
 }
 
@@ -43,42 +63,95 @@ impl Merger {
         Merger {
             decoder: SnapshotDecoder::new(),
             encoder: SnapshotEncoder::new(),
-            interval: Snapshot::empty(0, 0),
+            open: BTreeMap::new(),
+            closed_before: 0,
             totals: Totals::new(),
         }
     }
 
-    /// Adds one encoded agent snapshot into the current interval. On error nothing is added.
-    pub fn add_report(&mut self, bytes: &[u8]) -> Result<(), MergeError> {
+    /// Every second before this instant is closed (0: none yet).
+    pub fn closed_before(&self) -> u64 {
+        self.closed_before
+    }
+
+    /// The last open second holding data, if any.
+    pub fn last_open_second(&self) -> Option<u64> {
+        self.open.keys().next_back().copied()
+    }
+
+    /// The open second a snapshot labelled to start at `start_unix_ms` goes into.
+    fn second_for(&self, start_unix_ms: u64) -> u64 {
+        let mut second = second_of(start_unix_ms).max(self.closed_before);
+        if self.closed_before > 0 {
+            second = second.min(self.closed_before + MAX_AHEAD_MS);
+        }
+        if self.open.len() >= MAX_OPEN_SECONDS
+            && !self.open.contains_key(&second)
+            && let Some(&latest) = self.open.keys().next_back()
+        {
+            second = latest;
+        }
+        second
+    }
+
+    /// Adds one encoded agent snapshot into the open second it is labelled with, and
+    /// returns that second. On error nothing is added.
+    pub fn add_report(&mut self, bytes: &[u8]) -> Result<u64, MergeError> {
         if bytes.len() > punisher_proto::MAX_REPORT_SNAPSHOT_BYTES {
             return Err(MergeError::TooLarge {
                 size: bytes.len(),
                 limit: punisher_proto::MAX_REPORT_SNAPSHOT_BYTES,
             });
         }
-        let count = declared_series(bytes)?;
+        let (start, count) = header(bytes)?;
         if count > punisher_proto::MAX_SERIES_PER_REPORT {
             return Err(MergeError::TooManySeries {
                 count,
                 limit: punisher_proto::MAX_SERIES_PER_REPORT,
             });
         }
-        self.decoder.merge_into(bytes, &mut self.interval)?;
-        Ok(())
+        let second = self.second_for(start);
+        let target = self
+            .open
+            .entry(second)
+            .or_insert_with(|| Snapshot::empty(second, second + 1000));
+        let merged = self.decoder.merge_into(bytes, target);
+        if merged.is_err() && target.is_empty() {
+            self.open.remove(&second);
+        }
+        merged?;
+        Ok(second)
     }
 
-    /// Adds data the controller computes itself (the `vus` gauges) into the interval.
+    /// Adds data the controller computes itself (the `vus` gauges) into the open second
+    /// its start falls in.
     pub fn add_local(&mut self, snapshot: &Snapshot) -> Result<(), MetricsError> {
-        self.interval.merge(snapshot)
+        let second = self.second_for(snapshot.start_unix_ms);
+        self.open
+            .entry(second)
+            .or_insert_with(|| Snapshot::empty(second, second + 1000))
+            .merge(snapshot)
     }
 
-    /// Closes the current interval as `[start, end]`: adds it to the totals and encodes it.
+    /// Closes every open second before `end_unix_ms` as one interval `[start, end]`: adds
+    /// it to the totals and encodes it. Later reports of those seconds go to the next
+    /// open one.
     pub fn close_interval(
         &mut self,
         start_unix_ms: u64,
         end_unix_ms: u64,
     ) -> Result<ClosedInterval, MetricsError> {
-        let mut snapshot = std::mem::replace(&mut self.interval, Snapshot::empty(0, 0));
+        let later = self.open.split_off(&end_unix_ms);
+        let closing = std::mem::replace(&mut self.open, later);
+        // Usually one second: taken as it is, not copied.
+        let mut seconds = closing.into_values();
+        let mut snapshot = seconds
+            .next()
+            .unwrap_or_else(|| Snapshot::empty(start_unix_ms, end_unix_ms));
+        for s in seconds {
+            snapshot.merge(&s)?;
+        }
+        self.closed_before = self.closed_before.max(end_unix_ms);
         snapshot.start_unix_ms = start_unix_ms;
         snapshot.end_unix_ms = end_unix_ms;
         self.totals.add(&snapshot)?;
@@ -103,16 +176,22 @@ impl Merger {
 /// Reads the series count a snapshot declares, without decoding it (see the layout in
 /// `punisher_metrics::codec`): lets the controller refuse an oversized report before the
 /// decoder allocates for it. Malformed input is left to the decoder to describe.
+#[cfg(test)]
 fn declared_series(bytes: &[u8]) -> Result<u64, MetricsError> {
+    header(bytes).map(|(_, count)| count)
+}
+
+/// The start a snapshot is labelled with and the series count it declares.
+fn header(bytes: &[u8]) -> Result<(u64, u64), MetricsError> {
     let mut r = HeaderReader { bytes, pos: 5 }; // magic and version: the decoder checks them
-    let _start = r.varint()?;
+    let start = r.varint()?;
     let _end = r.varint()?;
     let strings = r.varint()?;
     for _ in 0..strings {
         let len = r.varint()?;
         r.skip(len)?;
     }
-    r.varint()
+    Ok((start, r.varint()?))
 }
 
 struct HeaderReader<'a> {
@@ -222,7 +301,48 @@ mod tests {
             m.add_report(&lie),
             Err(MergeError::TooManySeries { .. })
         ));
-        let closed = m.close_interval(0, 1).unwrap();
+        let closed = m.close_interval(1000, 2000).unwrap();
         assert_eq!(closed.snapshot.series.len(), 2);
+    }
+
+    #[test]
+    fn reports_go_into_the_second_they_are_labelled_with() {
+        let mut m = Merger::new();
+        let at = |requests, start: u64| {
+            let mut s = agent_snapshot(requests, 1.0);
+            s.start_unix_ms = start;
+            s.end_unix_ms = start + 1000;
+            s.encode()
+        };
+        assert_eq!(m.add_report(&at(1, 1000)).unwrap(), 1000);
+        assert_eq!(m.add_report(&at(2, 2000)).unwrap(), 2000);
+        let requests = |c: &ClosedInterval| {
+            c.snapshot
+                .series
+                .values()
+                .find_map(|d| match d {
+                    punisher_metrics::SeriesData::Counter { sum } => Some(*sum),
+                    _ => None,
+                })
+                .unwrap_or(0.0)
+        };
+        let first = m.close_interval(1000, 2000).unwrap();
+        assert_eq!(
+            (first.snapshot.start_unix_ms, first.snapshot.end_unix_ms),
+            (1000, 2000)
+        );
+        assert_eq!(requests(&first), 1.0);
+        assert_eq!(m.closed_before(), 2000);
+        // Late (second 1000 is closed): lands in the first open second, 2000.
+        assert_eq!(m.add_report(&at(4, 1000)).unwrap(), 2000);
+        // Far ahead: at most MAX_AHEAD_MS after the last closed second.
+        assert_eq!(m.add_report(&at(8, 90_000)).unwrap(), 2000 + MAX_AHEAD_MS);
+        assert_eq!(m.last_open_second(), Some(3000));
+        let second = m.close_interval(2000, 3000).unwrap();
+        assert_eq!(requests(&second), 6.0);
+        let third = m.close_interval(3000, 4000).unwrap();
+        assert_eq!(requests(&third), 8.0);
+        let total = m.totals().aggregate("http_reqs", &Tags::empty()).unwrap();
+        assert_eq!(total, punisher_metrics::SeriesData::Counter { sum: 15.0 });
     }
 }

@@ -52,6 +52,9 @@ pub(crate) struct Assignment {
     pub(crate) accepted_seq: u64,
     /// A report was merged since the last acknowledgement (sent after the journal write).
     pub(crate) ack_due: bool,
+    /// The latest second (first ms) an accepted report went into: the acknowledgement waits
+    /// until that second is closed and journaled.
+    pub(crate) last_second: u64,
     pub(crate) finished: bool,
     pub(crate) active_users: u64,
     pub(crate) target_users: u64,
@@ -62,6 +65,8 @@ pub(crate) struct Assignment {
     pub(crate) suspect: bool,
     pub(crate) suspect_seconds: u64,
     pub(crate) open_connections: u64,
+    /// WebSocket and Socket.IO sessions open at the latest report.
+    pub(crate) open_sockets: u64,
 }
 
 impl Assignment {
@@ -73,6 +78,7 @@ impl Assignment {
             loaded: false,
             accepted_seq: 0,
             ack_due: false,
+            last_second: 0,
             finished: false,
             active_users: 0,
             target_users: 0,
@@ -83,6 +89,7 @@ impl Assignment {
             suspect: false,
             suspect_seconds: 0,
             open_connections: 0,
+            open_sockets: 0,
         }
     }
 }
@@ -218,6 +225,18 @@ impl Clock {
     pub(crate) fn rtt_ms(&self) -> f64 {
         self.best().map_or(0.0, |(r, _)| r.as_secs_f64() * 1000.0)
     }
+
+    /// The offset the agent should apply, in microseconds: the estimate when it is larger
+    /// than its uncertainty (half the best round trip), 0 otherwise. An agent on the
+    /// controller's machine (or in its process) keeps its own clock.
+    pub(crate) fn applied_offset_us(&self) -> i64 {
+        match self.best() {
+            Some((rtt, offset_ms)) if offset_ms.abs() * 1000.0 > rtt.as_micros() as f64 / 2.0 => {
+                (offset_ms * 1000.0).round() as i64
+            }
+            _ => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,5 +253,18 @@ mod tests {
         assert!((c.rtt_ms() - 2.0).abs() < 1e-9);
         c.sample(5, 0, 1); // clock went backwards: ignored
         assert!((c.offset_ms() - 5.0).abs() < 1e-9);
+        assert_eq!(c.applied_offset_us(), 5_000);
+    }
+
+    #[test]
+    fn an_offset_within_the_uncertainty_is_not_applied() {
+        let mut c = Clock::default();
+        assert_eq!(c.applied_offset_us(), 0, "no sample yet");
+        // 0.3 ms ahead with a 1 ms round trip: within +-0.5 ms, so nothing to correct.
+        c.sample(1_000_000, 1_000_800, 1_001_000);
+        assert_eq!(c.applied_offset_us(), 0);
+        // 3 ms behind with a shorter round trip (the better sample): applied.
+        c.sample(2_000_000, 1_997_400, 2_000_800);
+        assert_eq!(c.applied_offset_us(), -3_000);
     }
 }

@@ -204,6 +204,20 @@ impl Fake {
         .await;
     }
 
+    /// An empty report with the agent's open connections and sockets.
+    async fn report_open(&self, seq: u64, connections: u64, sockets: u64, finished: bool) {
+        self.send(Msg::Report(v1::Report {
+            run_id: self.run_id.clone(),
+            seq,
+            snapshot: Recorder::new().take_snapshot(0, 1000).encode().into(),
+            open_connections: connections,
+            open_sockets: sockets,
+            finished,
+            ..Default::default()
+        }))
+        .await;
+    }
+
     async fn arrive(&self, name: &str, arrived: u64) {
         self.send(Msg::BarrierArrive(v1::BarrierArrive {
             run_id: self.run_id.clone(),
@@ -530,6 +544,51 @@ async fn a_run_submitted_with_wait_for_start_loads_then_holds_until_start() {
     assert!(
         err.to_string().contains("not waiting for a start signal"),
         "{err}"
+    );
+    s.cancel.cancel();
+}
+
+#[tokio::test]
+async fn open_connections_and_sockets_are_summed_over_agents_in_the_journal() {
+    let s = controller().await;
+    let mut client = client(&s).await;
+    let run_id = client
+        .submit_run(submission(
+            serde_json::json!({"vus": 2, "duration": "1s"}),
+            2,
+        ))
+        .await
+        .unwrap();
+    let mut views = client.watch(&run_id).await.unwrap();
+    let mut a = Fake::join(&s, "a").await;
+    let mut b = Fake::join(&s, "b").await;
+    tokio::join!(a.load_and_start(), b.load_and_start());
+    a.report_open(1, 3, 2, false).await;
+    b.report_open(1, 4, 1, false).await;
+    // Both reports are in once the agents show them; one more merged second journals them.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut seen_at = None;
+        while let Some(v) = views.next().await {
+            let v = v.unwrap();
+            let sum: u64 = v.agents.iter().map(|a| a.open_connections).sum();
+            match seen_at {
+                None if sum == 7 => seen_at = Some(v.tick),
+                Some(t) if v.tick > t => break,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the agents' connections never showed");
+    a.report_open(2, 0, 0, true).await;
+    b.report_open(2, 0, 0, true).await;
+    let view = last_view(&mut client, &run_id).await;
+    let dir = view.results_dir.expect("a results folder");
+    let journal =
+        std::fs::read_to_string(std::path::Path::new(&dir).join("timeseries.jsonl")).unwrap();
+    assert!(
+        journal.contains(r#""open_connections":7,"open_sockets":3"#),
+        "{journal}"
     );
     s.cancel.cancel();
 }

@@ -127,6 +127,11 @@ pub struct WorkerReport {
     pub event_loop_lag: Duration,
     /// Share of the interval the worker thread was on a CPU (0..1).
     pub cpu_busy: f64,
+    /// TCP connections the worker's users hold open now: HTTP keep-alive and in flight,
+    /// WebSocket, and Engine.IO (Socket.IO) polling and websocket streams.
+    pub open_connections: u64,
+    /// WebSocket and Socket.IO sessions open now.
+    pub open_sockets: u64,
 }
 
 /// Commands to a running engine; they go to every worker.

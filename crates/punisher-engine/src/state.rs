@@ -336,6 +336,14 @@ impl State {
         script_error(ctx, value, &self.bundle)
     }
 
+    /// TCP connections the worker's clients hold open now (0 without HTTP, in `inspect`).
+    pub(crate) fn open_connections(&self) -> u64 {
+        self.http
+            .as_ref()
+            .and_then(|h| h.shared.config().open_connections.as_ref())
+            .map_or(0, |g| g.get())
+    }
+
     /// Drops every JavaScript handle the worker holds and the context itself. Must run
     /// before the runtime is dropped (QuickJS aborts on leaked handles) and after every task
     /// that holds handles is gone.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use punisher_clients::http::{DEFAULT_MAX_REDIRECTS, HttpConfig, HttpShared};
+use punisher_clients::net::OpenGauge;
 use punisher_core::{Executor, Plan, Segment};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -63,6 +64,8 @@ pub(crate) fn build_host(
         max_redirects: DEFAULT_MAX_REDIRECTS,
         user_agent: concat!("punisher/", env!("CARGO_PKG_VERSION")).to_owned(),
         source_pool: cfg.source_pool.clone(),
+        // The worker's one gauge: its WebSocket and Socket.IO clients take it from here.
+        open_connections: Some(OpenGauge::new()),
     })
     .map_err(|e| RunError::Http(e.to_string()))?;
     let host = Host::new(
@@ -697,5 +700,7 @@ fn make_report(sched: &Sched, finished: bool, lag: Duration) -> WorkerReport {
         finished,
         event_loop_lag: lag,
         cpu_busy,
+        open_connections: sched.state.open_connections(),
+        open_sockets: sched.state.conns.open_count() as u64,
     }
 }

@@ -400,3 +400,89 @@ export default async function () {
     all_disconnected(&t).await;
     assert_eq!(t.stats().sockets.total.websocket as f64, opened);
 }
+
+/// A WebSocket server that sends `release` to every connection once `go` turns true.
+async fn ws_release(go: tokio::sync::watch::Receiver<bool>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let mut go = go.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
+                    return;
+                };
+                if go.wait_for(|g| *g).await.is_err() {
+                    return;
+                }
+                let _ = ws
+                    .send(tokio_tungstenite::tungstenite::Message::text("release"))
+                    .await;
+                // Answer the client's close handshake.
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_count_open_connections_and_sockets_until_they_close() {
+    const USERS: u64 = 6;
+    let t = target().await;
+    let http = server().await;
+    let (go, go_rx) = tokio::sync::watch::channel(false);
+    let ws = ws_release(go_rx).await;
+    let env = vars(&[("API", &t.url), ("WS", &ws), ("HTTP", &http.url)]);
+    let (_f, s) = scenario(
+        r#"
+import http from 'punisher/http';
+import { connect } from 'punisher/ws';
+import { io } from 'punisher/socketio';
+import { check } from 'punisher';
+export const options = { users: 6, rampUp: '0s' };
+export default async function () {
+  // One keep-alive HTTP connection, one WebSocket, one Socket.IO session on a websocket.
+  check(await http.get(`${__ENV.HTTP}/hello`), { 'http ok': (r) => r.status === 200 });
+  const socket = await io(__ENV.API, { transports: ['websocket'] });
+  const ws = await connect(__ENV.WS);
+  await ws.waitFor((m) => m === 'release', { timeout: '25s' });
+  const closed = ws.waitFor('close', { timeout: '5s' });
+  ws.close();
+  await closed;
+  const gone = socket.waitFor('disconnect', { timeout: '5s' });
+  socket.close();
+  check(await gone, { 'disconnected': (r) => r === 'io client disconnect' });
+}
+"#,
+        &env,
+    );
+    let cfg = config(&s, 2, env);
+    let mut run = start(s, cfg);
+    // The latest (connections, sockets) of each worker.
+    let mut latest = BTreeMap::new();
+    let mut peak = (0, 0);
+    let finished = tokio::time::timeout(LIMIT, async {
+        while let Some(r) = run.next_report().await {
+            latest.insert(r.worker, (r.open_connections, r.open_sockets));
+            let sum = latest
+                .values()
+                .fold((0, 0), |a: (u64, u64), v| (a.0 + v.0, a.1 + v.1));
+            peak = (peak.0.max(sum.0), peak.1.max(sum.1));
+            if sum == (3 * USERS, 2 * USERS) {
+                // Every user holds its three connections: let them close.
+                go.send_replace(true);
+            }
+        }
+    })
+    .await;
+    assert!(finished.is_ok(), "run did not finish; peak {peak:?}");
+    assert_eq!(peak, (3 * USERS, 2 * USERS), "{latest:?}");
+    assert_eq!(
+        latest.values().copied().collect::<Vec<_>>(),
+        vec![(0, 0), (0, 0)],
+        "connections left open at the end"
+    );
+    assert!(*go.borrow(), "the held connections were never all reported");
+    all_disconnected(&t).await;
+}

@@ -368,7 +368,11 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
         unit: YUnit::Count,
         lines: vec![
             line("connections", 0, live(&|l| l.open_connections)),
-            line("Socket.IO sessions", 4, live(&|l| l.open_sockets)),
+            line(
+                "WebSocket / Socket.IO sessions",
+                4,
+                live(&|l| l.open_sockets),
+            ),
         ],
     });
     charts.push(Chart {

@@ -14,7 +14,7 @@ pub struct LiveNumbers {
     /// Open TCP connections (HTTP, WebSocket, Socket.IO), when the agents report them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_connections: Option<u64>,
-    /// Connected Socket.IO sessions, when the scenario uses Socket.IO.
+    /// Open WebSocket and Socket.IO sessions, when the agents report them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_sockets: Option<u64>,
     /// Agents reporting.

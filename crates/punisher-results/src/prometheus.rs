@@ -132,7 +132,7 @@ pub fn render(totals: &Totals, live: Option<&LiveNumbers>) -> String {
             ),
             (
                 "punisher_open_sockets",
-                "Connected Socket.IO sessions now.",
+                "Open WebSocket and Socket.IO sessions now.",
                 live.open_sockets.map(|v| v as f64),
             ),
             (

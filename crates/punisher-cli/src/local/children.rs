@@ -1,6 +1,8 @@
 //! The child processes of a local run (agents, the demo target): started with a pipe as
 //! stdin and [`super::EXIT_WITH_PARENT_ENV`] so that they die with this process, their
-//! stderr forwarded line by line with their name in front, stopped by closing that pipe.
+//! stderr forwarded line by line with their name in front (through
+//! [`crate::dashboard::child_line`], which holds it while the dashboard is up), stopped by
+//! closing that pipe.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -58,7 +60,9 @@ impl ChildProcess {
                     if skip_line.is_some_and(|s| line.starts_with(s)) {
                         continue;
                     }
-                    eprintln!("[{name}] {line}");
+                    // Held while the dashboard has the terminal (it would draw over the
+                    // line); its warnings and errors show in the dashboard's log pane.
+                    crate::dashboard::child_line(&name, &line);
                     if let Ok(mut tail) = tail.lock() {
                         if tail.len() == STDERR_TAIL {
                             tail.pop_front();

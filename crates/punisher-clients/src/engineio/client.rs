@@ -32,6 +32,7 @@ use url::Url;
 use super::packet::{self, Frame, Handshake, Packet};
 use super::{CloseReason, EngineError, EngineEvent, EngineOptions, OpenInfo, Transport, http1};
 use crate::cookies::SharedJar;
+use crate::net::OpenGauge;
 use crate::ws::{self, NetStream, RawWs, WsConnectParams, WsError};
 
 type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -61,6 +62,7 @@ struct Target {
     insecure: bool,
     timestamp: bool,
     max_body: usize,
+    open_connections: Option<OpenGauge>,
 }
 
 impl Target {
@@ -111,9 +113,15 @@ impl Target {
             let stream = match conn {
                 Some(s) => s,
                 None => {
-                    let (s, _) =
-                        ws::open_addr(self.addr, &self.host, self.tls, self.source, self.insecure)
-                            .await?;
+                    let (s, _) = ws::open_addr(
+                        self.addr,
+                        &self.host,
+                        self.tls,
+                        self.source,
+                        self.insecure,
+                        self.open_connections.as_ref(),
+                    )
+                    .await?;
                     conn.insert(s)
                 }
             };
@@ -512,6 +520,7 @@ impl EngineClient {
             insecure: opts.insecure,
             timestamp: opts.timestamp_requests,
             max_body: DEFAULT_MAX_BODY + BODY_SLACK,
+            open_connections: opts.open_connections.clone(),
         };
         let mut conn = None;
         let body = target.request(&mut conn, None).await?;
@@ -836,6 +845,7 @@ fn ws_params(opts: &EngineOptions) -> WsConnectParams {
         max_message_size: opts.max_message_size,
         read_buffer_size: opts.ws_read_buffer,
         resolver: opts.resolver.clone(),
+        open_connections: opts.open_connections.clone(),
     }
 }
 

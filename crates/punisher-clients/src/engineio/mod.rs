@@ -26,7 +26,7 @@ use std::time::Duration;
 use punisher_core::FailureKind;
 
 use crate::cookies::SharedJar;
-use crate::net::Resolver;
+use crate::net::{OpenGauge, Resolver};
 use crate::ws::WsError;
 
 pub use client::{EngineClient, EngineSender};
@@ -93,6 +93,8 @@ pub struct EngineOptions {
     pub ws_read_buffer: usize,
     /// The worker's DNS cache.
     pub resolver: Option<Arc<Resolver>>,
+    /// Counts the session's TCP streams (polling and websocket) while they are open.
+    pub open_connections: Option<OpenGauge>,
 }
 
 impl EngineOptions {
@@ -112,6 +114,7 @@ impl EngineOptions {
             max_message_size: crate::ws::DEFAULT_MAX_MESSAGE,
             ws_read_buffer: crate::ws::DEFAULT_READ_BUFFER,
             resolver: None,
+            open_connections: None,
         }
     }
 }

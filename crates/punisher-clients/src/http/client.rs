@@ -390,6 +390,13 @@ impl HttpClient {
             nothing_received: true,
         };
         let tcp = connect_tcp(addr, source).await.map_err(io_err)?;
+        // Counted from here: a failed TLS handshake drops the guard with the stream.
+        let open = self
+            .shared
+            .config
+            .open_connections
+            .as_ref()
+            .map(|g| g.open());
         let t2 = Instant::now();
         timings.connecting = t2 - t1;
         let conn = if https {
@@ -421,6 +428,7 @@ impl HttpClient {
             port,
             host: host.into(),
             conn,
+            _open: open,
         })
     }
 

@@ -16,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::Timings;
 use super::parse::{ChunkedDecoder, Framing, Head, parse_head};
+use crate::net::OpenGuard;
 
 /// Initial read buffer of an exchange: a typical API response head and body fit in one read.
 pub(crate) const READ_BUF: usize = 4096;
@@ -64,6 +65,8 @@ pub(crate) struct IdleConn {
     pub(crate) port: u16,
     pub(crate) host: Box<str>,
     pub(crate) conn: Conn,
+    /// Counts the connection as open until it is dropped (closed).
+    pub(crate) _open: Option<OpenGuard>,
 }
 
 /// Idle connections, most recently used last. The lock is held for a scan, never across

@@ -32,7 +32,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use punisher_core::FailureKind;
 
-use crate::net::SourcePool;
+use crate::net::{OpenGauge, SourcePool};
 
 pub use client::{HttpClient, HttpSetupError, HttpShared};
 
@@ -58,11 +58,13 @@ pub struct HttpConfig {
     pub user_agent: String,
     /// Local addresses to connect from, round-robin.
     pub source_pool: Option<Arc<SourcePool>>,
+    /// Counts this worker's open connections (idle keep-alive and in flight).
+    pub open_connections: Option<OpenGauge>,
 }
 
 impl HttpConfig {
     /// The defaults: verification on, 10 MB bodies, 60 s timeout, 10 redirects,
-    /// `punisher/<version>`, no source pool.
+    /// `punisher/<version>`, no source pool, no gauge.
     pub fn new_defaults() -> Self {
         Self {
             insecure: false,
@@ -71,6 +73,7 @@ impl HttpConfig {
             max_redirects: DEFAULT_MAX_REDIRECTS,
             user_agent: concat!("punisher/", env!("CARGO_PKG_VERSION")).to_owned(),
             source_pool: None,
+            open_connections: None,
         }
     }
 }

@@ -561,6 +561,33 @@ async fn overlapping_requests_of_one_user() {
 }
 
 #[tokio::test]
+async fn open_connections_are_counted_until_closed() {
+    let server = serve(|_| ok("ok")).await;
+    let gauge = crate::net::OpenGauge::new();
+    let mut cfg = config();
+    cfg.open_connections = Some(gauge.clone());
+    let c = client_with(cfg);
+    let (a, b) = tokio::join!(
+        c.request(Request::get(server.url("/a"))),
+        c.request(Request::get(server.url("/b")))
+    );
+    assert_eq!((a.status, b.status), (200, 200));
+    // Two keep-alive connections idle in the user's pool.
+    assert_eq!(gauge.get(), 2);
+    drop(c);
+    assert_eq!(gauge.get(), 0);
+    let closing = serve(|_| {
+        Reply::Send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok".to_vec())
+    })
+    .await;
+    let mut cfg = config();
+    cfg.open_connections = Some(gauge.clone());
+    let c = client_with(cfg);
+    assert_eq!(c.request(Request::get(closing.url("/"))).await.status, 200);
+    assert_eq!(gauge.get(), 0, "a closed connection is not counted");
+}
+
+#[tokio::test]
 async fn shared_connections_and_source_pool() {
     let server = serve(|s| ok(&s.peer.ip().to_string())).await;
     let mut cfg = config();

@@ -141,6 +141,7 @@ async fn dial(
     eopts.max_message_size = opts.max_message_size;
     eopts.ws_read_buffer = opts.ws_read_buffer;
     eopts.resolver = opts.resolver.clone();
+    eopts.open_connections = opts.open_connections.clone();
 
     let start = Instant::now();
     let joined = tokio::time::timeout(opts.timeout, async {

@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use crate::cookies::SharedJar;
 use crate::engineio::{CloseReason, EngineError, Transport};
-use crate::net::Resolver;
+use crate::net::{OpenGauge, Resolver};
 
 pub use client::{SocketIo, SocketIoClient, connect};
 pub use packet::{placeholder, placeholder_num};
@@ -125,6 +125,8 @@ pub struct SocketIoOptions {
     pub ws_read_buffer: usize,
     /// The worker's DNS cache.
     pub resolver: Option<Arc<Resolver>>,
+    /// Counts the session's TCP streams (polling and websocket) while they are open.
+    pub open_connections: Option<OpenGauge>,
 }
 
 impl SocketIoOptions {
@@ -147,6 +149,7 @@ impl SocketIoOptions {
             max_message_size: e.max_message_size,
             ws_read_buffer: e.ws_read_buffer,
             resolver: None,
+            open_connections: None,
         }
     }
 }

@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
 use crate::cookies::SharedJar;
-use crate::net::Resolver;
+use crate::net::{OpenGauge, Resolver};
 
 pub use stream::NetStream;
 pub(crate) use stream::{cookie_url, open as open_stream, open_addr, resolve};
@@ -72,6 +72,8 @@ pub struct WsConnectParams {
     /// The worker's DNS cache; without one, literals and `localhost` resolve directly and
     /// names through the system resolver.
     pub resolver: Option<Arc<Resolver>>,
+    /// Counts the connection's TCP stream while it is open.
+    pub open_connections: Option<OpenGauge>,
 }
 
 impl WsConnectParams {
@@ -88,6 +90,7 @@ impl WsConnectParams {
             max_message_size: DEFAULT_MAX_MESSAGE,
             read_buffer_size: DEFAULT_READ_BUFFER,
             resolver: None,
+            open_connections: None,
         }
     }
 
@@ -300,6 +303,7 @@ async fn connect_inner(
         params.source,
         params.insecure,
         params.resolver.as_deref(),
+        params.open_connections.as_ref(),
     )
     .await?;
     let hs_start = Instant::now();

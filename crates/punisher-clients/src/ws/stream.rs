@@ -13,16 +13,21 @@ use tokio_rustls::client::TlsStream;
 use url::Url;
 
 use super::WsError;
-use crate::net::{Resolver, connect_tcp};
+use crate::net::{OpenGauge, OpenGuard, Resolver, connect_tcp};
 use crate::tls;
 
-/// A connected stream. TLS state is boxed: it is large, and plain streams should not pay
-/// for it in every enum.
+/// A connected stream, counted by the worker's [`OpenGauge`] while it lives.
 #[derive(Debug)]
-pub enum NetStream {
-    /// Plain TCP.
+pub struct NetStream {
+    io: Io,
+    _open: Option<OpenGuard>,
+}
+
+/// Plain TCP or TLS over TCP. TLS state is boxed: it is large, and plain streams should not
+/// pay for it in every enum.
+#[derive(Debug)]
+enum Io {
     Plain(TcpStream),
-    /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -30,9 +35,9 @@ impl NetStream {
     /// Waits until the stream may have bytes to read, without reading and without a
     /// buffer. For TLS it returns at once: rustls may already hold decrypted bytes.
     pub(crate) async fn readable(&self) -> io::Result<()> {
-        match self {
-            NetStream::Plain(s) => s.readable().await,
-            NetStream::Tls(_) => Ok(()),
+        match &self.io {
+            Io::Plain(s) => s.readable().await,
+            Io::Tls(_) => Ok(()),
         }
     }
 }
@@ -43,9 +48,9 @@ impl AsyncRead for NetStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NetStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -56,23 +61,23 @@ impl AsyncWrite for NetStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            NetStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NetStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NetStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -81,16 +86,16 @@ impl AsyncWrite for NetStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            NetStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            NetStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            NetStream::Plain(s) => s.is_write_vectored(),
-            NetStream::Tls(s) => s.is_write_vectored(),
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -119,11 +124,12 @@ pub(crate) async fn open(
     source: Option<IpAddr>,
     insecure: bool,
     resolver: Option<&Resolver>,
+    gauge: Option<&OpenGauge>,
 ) -> Result<(NetStream, StreamTimings), WsError> {
     let start = Instant::now();
     let (addr, host, tls) = resolve(url, resolver).await?;
     let resolving = start.elapsed();
-    let (stream, mut t) = open_addr(addr, host, tls, source, insecure).await?;
+    let (stream, mut t) = open_addr(addr, host, tls, source, insecure, gauge).await?;
     t.resolving = resolving;
     Ok((stream, t))
 }
@@ -155,13 +161,22 @@ pub(crate) async fn open_addr(
     tls: bool,
     source: Option<IpAddr>,
     insecure: bool,
+    gauge: Option<&OpenGauge>,
 ) -> Result<(NetStream, StreamTimings), WsError> {
     let mut t = StreamTimings::default();
     let start = Instant::now();
     let tcp = connect_tcp(addr, source).await.map_err(WsError::Connect)?;
+    // Counted from here: a failed TLS handshake drops the guard with the stream.
+    let open = gauge.map(OpenGauge::open);
     t.connecting = start.elapsed();
     if !tls {
-        return Ok((NetStream::Plain(tcp), t));
+        return Ok((
+            NetStream {
+                io: Io::Plain(tcp),
+                _open: open,
+            },
+            t,
+        ));
     }
     let start = Instant::now();
     let connector = tls::connector(insecure).map_err(|e| WsError::Tls(io::Error::other(e)))?;
@@ -169,7 +184,13 @@ pub(crate) async fn open_addr(
         .map_err(|_| WsError::InvalidUrl(format!("invalid tls server name {host:?}")))?;
     let stream = connector.connect(name, tcp).await.map_err(WsError::Tls)?;
     t.tls_handshaking = start.elapsed();
-    Ok((NetStream::Tls(Box::new(stream)), t))
+    Ok((
+        NetStream {
+            io: Io::Tls(Box::new(stream)),
+            _open: open,
+        },
+        t,
+    ))
 }
 
 /// The `http`/`https` URL a cookie jar should see for a `ws`/`wss` URL: cookies are scoped

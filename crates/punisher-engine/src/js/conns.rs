@@ -227,6 +227,11 @@ impl Conns {
         id
     }
 
+    /// WebSocket and Socket.IO connections open now (connected, not yet ended).
+    pub(crate) fn open_count(&self) -> usize {
+        self.inner.borrow().open.len()
+    }
+
     /// Forgets a connection whose driver ended.
     pub(crate) fn remove(&self, id: u32) {
         let mut inner = self.inner.borrow_mut();

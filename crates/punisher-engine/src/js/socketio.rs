@@ -128,6 +128,7 @@ fn options(state: &State, vu: VuKey, o: IoOptions) -> Result<SocketIoOptions, St
         let cfg = env.shared.config();
         so.source = cfg.source_pool.as_ref().map(|p| p.next());
         so.insecure = cfg.insecure;
+        so.open_connections = cfg.open_connections.clone();
     }
     so.resolver = Some(state.conns.resolver.clone());
     Ok(so)

@@ -169,6 +169,7 @@ fn connect<'js>(
         let cfg = env.shared.config();
         wp.source = cfg.source_pool.as_ref().map(|p| p.next());
         wp.insecure = cfg.insecure;
+        wp.open_connections = cfg.open_connections.clone();
     }
     wp.resolver = Some(state.conns.resolver.clone());
     let started = Instant::now();
