@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use punisher_metrics::{MetricsError, Snapshot, SnapshotDecoder, SnapshotEncoder, Totals};
+use punisher_metrics::{Accumulator, MetricsError, Snapshot, SnapshotEncoder, Totals};
 
 /// How far after the last closed second a report may be filed.
 pub const MAX_AHEAD_MS: u64 = 1000;
@@ -37,10 +37,11 @@ pub enum MergeError {
 
 /// The seconds being built, the run's totals, and reusable codec state.
 pub struct Merger {
-    decoder: SnapshotDecoder,
     encoder: SnapshotEncoder,
-    /// Open seconds by their first millisecond.
-    open: BTreeMap<u64, Snapshot>,
+    /// Open seconds by their first millisecond. An accumulator adds trend bins in flat
+    /// arrays and builds each histogram once when the second closes: about half the cost
+    /// of decoding every report into histograms (benches/RESULTS.md, "Merge tick").
+    open: BTreeMap<u64, Accumulator>,
     /// Every second before this instant is closed (0: none yet).
     closed_before: u64,
     totals: Totals,
@@ -61,7 +62,6 @@ pub struct ClosedInterval {
 impl Merger {
     pub fn new() -> Merger {
         Merger {
-            decoder: SnapshotDecoder::new(),
             encoder: SnapshotEncoder::new(),
             open: BTreeMap::new(),
             closed_before: 0,
@@ -111,15 +111,9 @@ impl Merger {
             });
         }
         let second = self.second_for(start);
-        let target = self
-            .open
-            .entry(second)
-            .or_insert_with(|| Snapshot::empty(second, second + 1000));
-        let merged = self.decoder.merge_into(bytes, target);
-        if merged.is_err() && target.is_empty() {
-            self.open.remove(&second);
-        }
-        merged?;
+        let target = self.open.entry(second).or_default();
+        // On error the accumulator is left as it was (and an empty one stays harmless).
+        target.add(bytes)?;
         Ok(second)
     }
 
@@ -127,10 +121,10 @@ impl Merger {
     /// its start falls in.
     pub fn add_local(&mut self, snapshot: &Snapshot) -> Result<(), MetricsError> {
         let second = self.second_for(snapshot.start_unix_ms);
-        self.open
-            .entry(second)
-            .or_insert_with(|| Snapshot::empty(second, second + 1000))
-            .merge(snapshot)
+        // A few gauges a second: encoding them is cheaper than a second merge path.
+        let mut bytes = Vec::new();
+        self.encoder.encode_into(snapshot, &mut bytes);
+        self.open.entry(second).or_default().add(&bytes)
     }
 
     /// Closes every open second before `end_unix_ms` as one interval `[start, end]`: adds
@@ -143,13 +137,14 @@ impl Merger {
     ) -> Result<ClosedInterval, MetricsError> {
         let later = self.open.split_off(&end_unix_ms);
         let closing = std::mem::replace(&mut self.open, later);
-        // Usually one second: taken as it is, not copied.
+        // Usually one second: its histograms are built once, here.
         let mut seconds = closing.into_values();
-        let mut snapshot = seconds
-            .next()
-            .unwrap_or_else(|| Snapshot::empty(start_unix_ms, end_unix_ms));
-        for s in seconds {
-            snapshot.merge(&s)?;
+        let mut snapshot = seconds.next().map_or_else(
+            || Snapshot::empty(start_unix_ms, end_unix_ms),
+            |mut a| a.finish(),
+        );
+        for mut s in seconds {
+            snapshot.merge(&s.finish())?;
         }
         self.closed_before = self.closed_before.max(end_unix_ms);
         snapshot.start_unix_ms = start_unix_ms;
