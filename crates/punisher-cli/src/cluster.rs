@@ -102,8 +102,8 @@ pub struct ControllerArgs {
     /// An agent silent this long during a run is reported lost.
     #[arg(long, default_value = "3s", value_name = "DURATION")]
     pub lost_after: String,
-    /// Serve agent binaries over plain HTTP here: GET /agent/<target-triple> and
-    /// /agent/<target-triple>.sha256, what `punisher cluster up` instances download. By
+    /// Serve agent binaries over plain HTTP here: GET /agent/`<target-triple>` and
+    /// /agent/`<target-triple>`.sha256, what `punisher cluster up` instances download. By
     /// convention the --listen port + 1 (e.g. 0.0.0.0:7071), where `cluster up` looks unless
     /// given --agent-url.
     #[arg(long, value_name = "ADDR")]
@@ -384,7 +384,7 @@ fn explicit_env(args: &RunArgs) -> Result<BTreeMap<String, String>, Failure> {
 }
 
 /// `punisher run SCRIPT --controller ADDR ...`: the scenario is checked and `setup()` runs
-/// here, then [`crate::follow`] submits the run and follows it to its exit code, as it does
+/// here, then `crate::follow` submits the run and follows it to its exit code, as it does
 /// for a local run.
 pub async fn run_on_controller(
     args: &RunArgs,

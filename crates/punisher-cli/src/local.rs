@@ -1,6 +1,6 @@
 //! `punisher run` without `--controller`: the same path as a cluster run, on this machine.
 //! An in-process controller on 127.0.0.1 (plaintext, a random token) takes the run; local
-//! agents join it over the same protocol; [`crate::follow`] submits and follows the run
+//! agents join it over the same protocol; `crate::follow` submits and follows the run
 //! exactly as it follows a run on a standing controller.
 //!
 //! # How many agents
@@ -8,7 +8,7 @@
 //! here). A virtual user is counted as `--fds-per-user` files (3 by default: an HTTP
 //! keep-alive connection, a Socket.IO connection, and slack for polling requests and
 //! reconnects). When `users x fds-per-user` fits in one process's budget (its limit minus
-//! [`FD_RESERVE`]), the agent runs in this process; beyond it, `ceil(need / budget)` child
+//! `FD_RESERVE`), the agent runs in this process; beyond it, `ceil(need / budget)` child
 //! agent processes (`punisher agent`) do, each its own share (the controller splits users
 //! by capacity) and, against a loopback target, its own source addresses over 127.0.0.0/8
 //! so that no pair of addresses runs out of ports. `--agents N` overrides the count (N > 1
