@@ -20,7 +20,6 @@ pub mod api;
 pub mod aws;
 pub mod down;
 pub mod error;
-mod http;
 pub mod pricing;
 pub mod progress;
 pub mod regions;

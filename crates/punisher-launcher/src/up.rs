@@ -446,7 +446,7 @@ async fn agent_checksum(config: &UpConfig, triple: &str) -> Option<String> {
         "{}/{triple}.sha256",
         config.agent_url().trim_end_matches('/')
     );
-    let r = crate::http::request("GET", &url, &[], Duration::from_secs(3))
+    let r = punisher_proto::plain_http::request("GET", &url, &[], Duration::from_secs(3))
         .await
         .ok()?;
     if r.status != 200 {

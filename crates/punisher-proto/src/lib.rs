@@ -7,6 +7,8 @@
 //!   and [`Refusal`], how a client reads a refusal back (which check failed, what to do).
 //! - [`convert`]: conversions between wire messages and core types ([`ScenarioBundle`],
 //!   `Segment`, `Plan` as JSON).
+//! - [`plain_http`]: a tiny HTTP/1.1 client for the instance-metadata service and the
+//!   controller's agent-binary endpoint.
 //! - [`transport`]: the cluster's connections: TLS with a pinned SHA-256 certificate
 //!   fingerprint, plaintext only on loopback, the cluster token, message size limits.
 //!
@@ -15,6 +17,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod plain_http;
 pub mod transport;
 
 pub mod v1 {

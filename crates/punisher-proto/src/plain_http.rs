@@ -1,6 +1,9 @@
-//! A deliberately tiny HTTP/1.1 client for a plain-HTTP endpoint: the controller's
-//! agent-binary checksums (`GET /agent/<target-triple>.sha256`). One request per connection
-//! (`Connection: close`), bounded body, bounded time; no TLS, no redirects.
+//! A deliberately tiny HTTP/1.1 client for plain-HTTP endpoints outside gRPC: the EC2
+//! instance-metadata service (the agent's spot watcher) and the controller's agent-binary
+//! endpoint (`punisher cluster up` checks it is reachable). One request per connection
+//! (`Connection: close`), bounded body, bounded time; no TLS, no redirects. It lives here
+//! because both the agent and the launcher speak to the cluster's edges, and the agent must
+//! not link the launcher's AWS SDK.
 
 use std::time::Duration;
 
@@ -11,7 +14,7 @@ use tokio::net::TcpStream;
 const MAX_RESPONSE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HttpError {
+pub enum HttpError {
     #[error("unsupported URL {0:?}: only http://host[:port]/path")]
     Url(String),
     #[error("{0}")]
@@ -24,13 +27,13 @@ pub(crate) enum HttpError {
 
 /// A response: status and body.
 #[derive(Debug)]
-pub(crate) struct Response {
-    pub(crate) status: u16,
-    pub(crate) body: Vec<u8>,
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
 }
 
 /// Splits `http://host:port/path` into (`host:port`, `/path`).
-pub(crate) fn split_url(url: &str) -> Result<(String, String), HttpError> {
+pub fn split_url(url: &str) -> Result<(String, String), HttpError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| HttpError::Url(url.to_owned()))?;
@@ -54,7 +57,7 @@ pub(crate) fn split_url(url: &str) -> Result<(String, String), HttpError> {
 }
 
 /// Sends one request and reads the whole response within `timeout`.
-pub(crate) async fn request(
+pub async fn request(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
