@@ -3,59 +3,11 @@
 //! and the children are gone after the run, after a Ctrl-C, and after their parent was
 //! killed with SIGKILL.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{self, scenario};
-
-/// A `punisher target` child process, killed when dropped.
-struct Target {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_target() -> Target {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_punisher"))
-        .args(["target", "--listen", &addr])
-        .env("PUNISHER_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start punisher target");
-    let target = Target { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&target.addr).is_err() {
-        assert!(Instant::now() < deadline, "the target did not start");
-        std::thread::yield_now();
-    }
-    target
-}
-
-fn stats(addr: &str) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /admin/stats HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
-}
+use crate::util::{self, scenario, start_target, stats};
 
 /// The processes whose parent is `pid`, with their command lines.
 fn children_of(pid: u32) -> Vec<(u32, String)> {
