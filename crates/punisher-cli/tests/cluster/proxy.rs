@@ -2,19 +2,19 @@
 //! directions stop moving, as on a congested or black-holed path) and cut every connection
 //! (as when a NAT forgets it), while it keeps accepting new ones.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 pub(crate) struct Proxy {
     pub(crate) addr: String,
     /// true: bytes stop moving (what was read is kept, and lost if the connection is cut).
     hold: Arc<watch::Sender<bool>>,
-    /// Bumped to cut every connection open at that time.
-    cut: Arc<watch::Sender<u64>>,
+    /// The pumps of every connection open now, aborted by `cut`.
+    pumps: Arc<Mutex<Vec<AbortHandle>>>,
     connections: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
@@ -48,33 +48,28 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let hold = Arc::new(watch::Sender::new(false));
-        let cut = Arc::new(watch::Sender::new(0u64));
+        let pumps = Arc::new(Mutex::new(Vec::new()));
         let (count_tx, connections) = watch::channel(0u64);
-        let (hold2, cut2) = (hold.clone(), cut.clone());
+        let (hold2, pumps2) = (hold.clone(), pumps.clone());
         let task = tokio::spawn(async move {
             while let Ok((down, _)) = listener.accept().await {
                 let Ok(up) = TcpStream::connect(&upstream).await else {
                     continue;
                 };
                 count_tx.send_modify(|n| *n += 1);
-                let mut cut_rx = cut2.subscribe();
-                cut_rx.mark_unchanged();
                 let (dr, dw) = down.into_split();
                 let (ur, uw) = up.into_split();
                 let a = tokio::spawn(pump(dr, uw, hold2.subscribe()));
                 let b = tokio::spawn(pump(ur, dw, hold2.subscribe()));
-                tokio::spawn(async move {
-                    let _ = cut_rx.changed().await;
-                    // Dropping the halves closes both sockets.
-                    a.abort();
-                    b.abort();
-                });
+                let mut open = pumps2.lock().unwrap();
+                open.retain(|p: &AbortHandle| !p.is_finished());
+                open.extend([a.abort_handle(), b.abort_handle()]);
             }
         });
         Proxy {
             addr,
             hold,
-            cut,
+            pumps,
             connections,
             task,
         }
@@ -84,9 +79,14 @@ impl Proxy {
         self.hold.send_replace(on);
     }
 
-    /// Closes every open connection (and releases a hold, for the next ones).
+    /// Closes every open connection (and releases a hold, for the next ones). The pumps are
+    /// aborted before the hold is released, so that what was held is lost, never delivered:
+    /// an aborted task that sits on the hold is dropped, not polled, when the hold wakes it.
     pub(crate) fn cut(&self) {
-        self.cut.send_modify(|n| *n += 1);
+        // Dropping the halves closes both sockets.
+        for pump in self.pumps.lock().unwrap().drain(..) {
+            pump.abort();
+        }
         self.hold.send_replace(false);
     }
 
