@@ -12,9 +12,12 @@
 //! agent processes (`punisher agent`) do, each its own share (the controller splits users
 //! by capacity) and, against a loopback target, its own source addresses over 127.0.0.0/8
 //! so that no pair of addresses runs out of ports. `--agents N` overrides the count (N > 1
-//! means child processes). `--demo-target` is sized by the same rule: a target process
-//! holds the server side of the same sockets, so a large run gets `punisher target
-//! --processes N` and the scenario gets their URLs, comma-separated, as `__ENV.API`.
+//! means child processes). `--demo-target` is sized by the same rule with half the files
+//! per user (at least one): a target process holds the server side of the long-lived
+//! sockets, while the client's slack (polling POSTs, reconnects, connections the server
+//! already closed) is not there; measured at 100,000 viewers of the TV show: 1.3 per viewer
+//! at the target. A large run gets `punisher target --processes N` and the scenario gets
+//! their URLs, comma-separated, as `__ENV.API`.
 //!
 //! # Child processes die with this one
 //! Each child's stdin is a pipe from this process, and [`EXIT_WITH_PARENT_ENV`] tells it to
@@ -90,10 +93,12 @@ pub(crate) fn size(
             .unwrap_or(u32::MAX)
             .min(MAX_LOCAL_AGENTS)
     });
-    let target_processes = demo_target.then(|| processes.min(MAX_TARGET_PROCESSES));
+    let target_need = users.saturating_mul(fds_per_user.max(2)).div_ceil(2);
+    let target_processes =
+        demo_target.then(|| target_need.div_ceil(budget).clamp(1, MAX_TARGET_PROCESSES));
     // One process holds the target's side of the sockets and, with one agent, the
     // client side too.
-    let here = if agents == 1 { 2 * need } else { need };
+    let here = if agents == 1 { need + target_need } else { need };
     let target_in_process = target_processes == Some(1) && here <= budget;
     Sizing {
         agents,
@@ -504,10 +509,11 @@ mod tests {
         // 300,000 users x 3 files over 18,976 per process.
         let s = size(300_000, 3, 18_976, true, None);
         assert_eq!(s.agents, 48);
-        assert_eq!(s.target_processes, Some(48));
+        // The target holds 1.5 files per user: 450,000 over 18,976.
+        assert_eq!(s.target_processes, Some(24));
         assert!(!s.target_in_process);
         // One agent's worth, but this process cannot also hold the target's side.
-        let s = size(5_000, 3, 18_976, true, None);
+        let s = size(6_000, 3, 18_976, true, None);
         assert_eq!(s.agents, 1);
         assert!(!s.target_in_process);
         // --agents wins; a single target process can then stay here.
