@@ -98,7 +98,11 @@ pub(crate) fn size(
         demo_target.then(|| target_need.div_ceil(budget).clamp(1, MAX_TARGET_PROCESSES));
     // One process holds the target's side of the sockets and, with one agent, the
     // client side too.
-    let here = if agents == 1 { need + target_need } else { need };
+    let here = if agents == 1 {
+        need + target_need
+    } else {
+        need
+    };
     let target_in_process = target_processes == Some(1) && here <= budget;
     Sizing {
         agents,
