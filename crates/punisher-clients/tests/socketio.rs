@@ -88,6 +88,12 @@ async fn transport_name(s: &SocketIo) -> Value {
     reply.args[0].clone()
 }
 
+/// How many TCP connections the server has accepted so far.
+async fn tcp_connections(s: &SocketIo) -> i64 {
+    let reply = s.emit_with_ack("tcp", vec![], WAIT).await.unwrap();
+    reply.args[0].as_i64().expect("a count")
+}
+
 const ALL: [&[Transport]; 3] = [
     &[Transport::Websocket],
     &[Transport::Polling],
@@ -295,9 +301,15 @@ async fn ping_timeout_when_the_server_goes_silent() {
     let server = server!("300", "200");
     for t in [&[Transport::Websocket][..], &[Transport::Polling][..]] {
         let (s, mut rx, _) = connect(&server.url("/"), opts(t)).await;
+        let tcp_before = tcp_connections(&s).await;
         // Several heartbeats pass without a timeout while the server pings.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(s.connected(), "{t:?}");
+        // Over polling, the ~4 pongs went on the long-poll's connection: the only new TCP
+        // connection is the one of this emit (sent while a GET waits).
+        let new_connections = tcp_connections(&s).await - tcp_before;
+        let expected = if t == [Transport::Polling] { 1 } else { 0 };
+        assert_eq!(new_connections, expected, "{t:?}");
         let reply = s.emit_with_ack("silence", vec![], WAIT).await.unwrap();
         assert_eq!(reply.args, [json!("silent")]);
         let started = std::time::Instant::now();

@@ -7,14 +7,19 @@
 //! waiting for the next POST. Nothing is buffered while idle: the POST connection is closed
 //! once its queue is empty, and the long-poll allocates its buffer when the answer starts.
 //!
-//! # Why POST connections are not kept alive
-//! A flush sends every queued batch on one connection, then closes it. Keeping it open would
-//! give every polling user two sockets (the long-poll GET and the idle POST) instead of one:
-//! with an agent's limit of 20,000 file descriptors that halves the polling users it can
-//! hold. It would also rarely be reused: between batches a quiet user only answers a ping
-//! every 25 s, and servers close idle keep-alive connections long before that (node after
-//! 5 s), so the next POST would reconnect anyway. The price is one TCP connect (and TLS
-//! handshake for `https`) per flush, e.g. per pong; revisit only if the fd budget changes.
+//! # Where POSTs go
+//! A pong goes on the long-poll's own connection: the GET that brought the ping has just
+//! been answered, so its keep-alive connection is free; the pong is POSTed on it and the
+//! next GET follows on the same connection. A polling user so costs one TCP connection for
+//! its whole life instead of a new connection per ping (every 25 s): at 60,000 polling
+//! viewers that was 2,400 connects and closes per second on each side of the loopback.
+//!
+//! Packets sent while a GET is in flight (emits, the close) need a connection of their own:
+//! it is closed once the queue is empty, not kept alive. Keeping it would give every
+//! polling user two sockets instead of one (an agent may hold 20,000 files), and it would
+//! rarely be reused: a quiet user emits seldom, and servers close idle keep-alive
+//! connections long before (node after 5 s). POSTs stay serialized either way (the `post`
+//! lock), as the protocol requires.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -206,6 +211,16 @@ impl Shared {
     }
 
     async fn send(&self, packets: Vec<Packet>) -> Result<(), EngineError> {
+        self.send_on(packets, None).await
+    }
+
+    /// Like [`Shared::send`]; over polling, POSTs on `free_get` (the long-poll's connection,
+    /// while no GET is in flight) when given, instead of on a connection of their own.
+    async fn send_on(
+        &self,
+        packets: Vec<Packet>,
+        free_get: Option<&mut Option<NetStream>>,
+    ) -> Result<(), EngineError> {
         // Decide under the lock, act after it: the guard must not live across an await.
         let (mode, packets) = {
             let mut st = self.state.lock().map_err(|_| EngineError::Closed)?;
@@ -219,7 +234,7 @@ impl Shared {
             }
         };
         match mode {
-            Mode::Polling => self.flush_polling().await,
+            Mode::Polling => self.flush_polling(free_get).await,
             Mode::Websocket => self.send_ws(packets).await,
             Mode::Upgrading | Mode::Closed => Ok(()),
         }
@@ -235,12 +250,23 @@ impl Shared {
         sink.flush().await.map_err(ws_err)
     }
 
-    /// POSTs everything queued, in batches joined by `\x1e`, until the queue is empty.
-    async fn flush_polling(&self) -> Result<(), EngineError> {
+    /// POSTs everything queued, in batches joined by `\x1e`, until the queue is empty: on
+    /// `free_get` when given (it stays open for the next GET), else on a connection of its
+    /// own that is closed afterwards (see the module doc).
+    async fn flush_polling(
+        &self,
+        free_get: Option<&mut Option<NetStream>>,
+    ) -> Result<(), EngineError> {
         let Some(target) = &self.target else {
             return Err(EngineError::Closed);
         };
-        let mut conn = self.post.lock().await;
+        // Held even when posting on the GET's connection: one POST at a time.
+        let mut own = self.post.lock().await;
+        let on_get_connection = free_get.is_some();
+        let conn = match free_get {
+            Some(c) => c,
+            None => &mut *own,
+        };
         loop {
             let batch = {
                 let mut st = self.state.lock().map_err(|_| EngineError::Closed)?;
@@ -252,7 +278,7 @@ impl Shared {
             let body = packet::encode_payload(&batch);
             let sent = tokio::time::timeout(
                 self.post_timeout,
-                target.request(&mut conn, Some(body.as_bytes())),
+                target.request(conn, Some(body.as_bytes())),
             )
             .await;
             match sent {
@@ -267,8 +293,10 @@ impl Shared {
                 }
             }
         }
-        // Not kept alive between flushes: one fd per polling user (see the module doc).
-        *conn = None;
+        if !on_get_connection {
+            // Not kept alive between flushes: one fd per polling user (see the module doc).
+            *conn = None;
+        }
         Ok(())
     }
 }
@@ -748,8 +776,18 @@ impl EngineClient {
         match p {
             Packet::Ping(data) => {
                 self.deadline = Instant::now() + self.ping_window;
+                let pong = vec![Packet::Pong(data)];
+                // Over polling the ping came with a GET's answer, so that GET's connection
+                // is free: the pong goes on it (see the module doc).
+                let free_get = match &mut self.reader {
+                    Reader::Polling {
+                        conn,
+                        inflight: None,
+                    } if conn.is_some() => Some(conn),
+                    _ => None,
+                };
                 // Boxed: a POST future is large and pongs are rare; the idle driver stays small.
-                if let Err(e) = Box::pin(self.shared.send(vec![Packet::Pong(data)])).await {
+                if let Err(e) = Box::pin(self.shared.send_on(pong, free_get)).await {
                     return Some(self.finish(CloseReason::TransportError(e.to_string())));
                 }
                 None

@@ -75,16 +75,58 @@ async fn websocket_handshake_must_open() {
     );
 }
 
+/// What a [`polling_server`] saw: each request as `POST <body>` or the GET's request line,
+/// with the number of the TCP connection it came on (0 for the first accepted).
+#[derive(Default)]
+struct ServerLog {
+    requests: Mutex<Vec<(usize, String)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl ServerLog {
+    fn push(&self, conn: usize, line: String) {
+        self.requests.lock().unwrap().push((conn, line));
+        self.changed.notify_one();
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Waits until `done` holds for the requests seen so far.
+    async fn wait_for(&self, done: impl Fn(&[(usize, String)]) -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let notified = self.changed.notified();
+                if done(&self.requests.lock().unwrap()) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "server saw {:?}",
+            self.requests.lock().unwrap()
+        );
+    }
+}
+
 /// A polling server: answers the n-th GET with `gets[n]` (chunked when it starts with
-/// `!chunked `), every POST with `ok`, and records POST bodies and request heads.
-async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<Mutex<Vec<String>>>) {
+/// `!chunked `), every POST with `ok`, and logs every request.
+async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<ServerLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(ServerLog::default());
     let gets = Arc::new(Mutex::new(gets.into_iter()));
     let log = seen.clone();
     tokio::spawn(async move {
+        let mut accepted = 0;
         while let Ok((mut tcp, _)) = listener.accept().await {
+            let conn_no = accepted;
+            accepted += 1;
             let gets = gets.clone();
             let log = log.clone();
             tokio::spawn(async move {
@@ -114,12 +156,10 @@ async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<Mutex<Vec<Strin
                     let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
                     buf.drain(..head_end + len);
                     let reply = if head.starts_with("POST") {
-                        log.lock().unwrap().push(format!("POST {body}"));
+                        log.push(conn_no, format!("POST {body}"));
                         "ok".to_owned()
                     } else {
-                        log.lock()
-                            .unwrap()
-                            .push(head.lines().next().unwrap().to_owned());
+                        log.push(conn_no, head.lines().next().unwrap().to_owned());
                         let next = gets.lock().unwrap().next();
                         match next {
                             Some(b) => b.to_owned(),
@@ -177,7 +217,7 @@ async fn polling_payloads_pings_and_garbage() {
         next(&mut c).await,
         EngineEvent::Closed(CloseReason::ParseError(_))
     ));
-    let seen = seen.lock().unwrap().clone();
+    let seen = seen.lines();
     assert_eq!(
         seen[0],
         "GET /socket.io/?EIO=4&transport=polling&token=a+b HTTP/1.1"
@@ -196,6 +236,44 @@ async fn polling_payloads_pings_and_garbage() {
         jar.lock().unwrap().header_for(&base).as_deref(),
         Some("srv=1")
     );
+}
+
+#[tokio::test]
+async fn polling_pongs_go_on_the_long_poll_connection() {
+    let (url, seen) = polling_server(vec![
+        r#"0{"sid":"abc","upgrades":[],"pingInterval":25000,"pingTimeout":20000}"#,
+        "2",
+        "2",
+    ])
+    .await;
+    let mut o = EngineOptions::new();
+    o.transports = vec![Transport::Polling];
+    let (mut c, _) = EngineClient::connect(&url, &o).await.unwrap();
+    let sender = c.sender();
+    let driver = tokio::spawn(async move { while c.next().await.is_some() {} });
+    let gets = |r: &[(usize, String)]| r.iter().filter(|(_, l)| l.starts_with("GET")).count();
+    // Handshake, two pings answered, and the fourth GET waiting for the server.
+    seen.wait_for(|r| gets(r) == 4).await;
+    // Both pongs went on the connection of the GETs: one TCP connection so far.
+    let requests = seen.requests.lock().unwrap().clone();
+    let kinds: Vec<(usize, &str)> = requests.iter().map(|(conn, l)| (*conn, &l[..4])).collect();
+    assert_eq!(
+        kinds,
+        [
+            (0, "GET "),
+            (0, "GET "),
+            (0, "POST"),
+            (0, "GET "),
+            (0, "POST"),
+            (0, "GET ")
+        ]
+    );
+    assert_eq!(requests[2].1, "POST 3");
+    // A message sent while the GET is in flight goes on a connection of its own.
+    sender.send(Packet::Message("4x".into())).await.unwrap();
+    seen.wait_for(|r| r.len() == 7).await;
+    assert_eq!(seen.requests.lock().unwrap()[6], (1, "POST 44x".to_owned()));
+    driver.abort();
 }
 
 #[tokio::test]

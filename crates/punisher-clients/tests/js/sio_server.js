@@ -10,7 +10,8 @@
 //           emits binary), kick (server disconnects the socket), drop (server closes the
 //           Engine.IO session, as a lost connection would), silence (server stops
 //           pinging this socket), broadcast (io.emit("news", ...args)), transport (acks the
-//           transport name), cookies (acks the Cookie headers seen for this x-test-id).
+//           transport name), cookies (acks the Cookie headers seen for this x-test-id),
+//           tcp (acks how many TCP connections the server has accepted so far).
 //   /admin  needs auth {token: "secret"}; echo acks ["admin", ...args].
 const { Server } = require("socket.io");
 const http = require("http");
@@ -19,6 +20,8 @@ const pingInterval = Number(process.argv[2] || 25000);
 const pingTimeout = Number(process.argv[3] || 20000);
 
 const httpServer = http.createServer();
+let tcpConnections = 0;
+httpServer.on("connection", () => tcpConnections++);
 const io = new Server(httpServer, { pingInterval, pingTimeout, maxHttpBufferSize: 1e6 });
 
 // Cookie headers seen per x-test-id: [{transport, method, cookie}].
@@ -73,6 +76,7 @@ io.on("connection", (socket) => {
   });
   socket.on("broadcast", (...args) => io.emit("news", ...args));
   socket.on("transport", (ack) => ack(socket.conn.transport.name));
+  socket.on("tcp", (ack) => ack(tcpConnections));
   socket.on("cookies", (ack) => {
     const id = socket.handshake.headers["x-test-id"];
     ack(seen.get(id) || []);
