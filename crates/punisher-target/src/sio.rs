@@ -17,6 +17,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Uri};
 use serde_json::{Map, Value};
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::{DisconnectReason, Sid};
 use socketioxide::{SocketIo, TransportType};
 
@@ -94,12 +95,23 @@ pub(crate) fn build(shared: Arc<Shared>) -> (socketioxide::layer::SocketIoLayer,
         .ws_max_frame_size(WS_MAX_MESSAGE)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
         .build_layer();
-    io.ns("/", move |s: SocketRef, TryData(auth): TryData<Value>| {
+    // The handlers are registered in a middleware, not in the connect handler: socketioxide
+    // sends the CONNECT answer and then *spawns* the connect handler, so a client that emits
+    // at once (an `emitWithAck` right after `io()`) could reach a socket with no handler yet,
+    // and its event, ack included, was dropped. Middlewares are awaited before the answer.
+    let register = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let shared = shared.clone();
-        async move { on_connect(s, auth.ok(), shared) }
-    });
+        async move {
+            on_connect(s, auth.ok(), shared);
+            Ok::<(), std::convert::Infallible>(())
+        }
+    };
+    io.ns("/", connected.with(register));
     (layer, io)
 }
+
+/// The connect handler proper: everything was set up by the middleware (see [`build`]).
+async fn connected() {}
 
 fn on_connect(s: SocketRef, auth: Option<Value>, shared: Arc<Shared>) {
     let c = &shared.counters;
