@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# CPU per connected idle Socket.IO viewer, each side (benches/RESULTS.md, "Idle cost per
+# connected viewer"). N users of transport T connect over 10 s to `punisher target
+# --processes 2` on 127.0.0.1 (loopback only), hold, and the CPU of the target, the run and
+# its agents is measured over 30 s of idle, with machine busy cores and new TCP connections.
+# Bounded: the users leave after HOLD seconds (default 80) and everything is stopped.
+#   N=10000 T=polling BIN=target/release/punisher bash benches/idle_cpu.sh
+set -euo pipefail
+N=${N:-10000}; T=${T:-websocket}; HOLD=${HOLD:-80}; PORT=${PORT:-9100}
+BIN=${BIN:-target/release/punisher}; SCENARIO="$(dirname "$0")/scenarios/idle_sockets.js"
+OUT=$(mktemp -d /tmp/idle-cpu-XXXX)
+"$BIN" target --listen 127.0.0.1:$PORT --processes 2 > "$OUT/target.log" 2>&1 &
+TP=$!
+trap 'kill $TP 2>/dev/null || true' EXIT
+sleep 1
+"$BIN" run "$SCENARIO" --users "$N" --ramp-up 10s --agents 2 --no-tui --no-results \
+  -e API=http://127.0.0.1:$PORT,http://127.0.0.1:$((PORT + 1)) -e TRANSPORT="$T" -e HOLD="$HOLD" \
+  > "$OUT/run.log" 2>&1 &
+RP=$!
+sleep "${IDLE_AT:-25}"
+# pid, CPU ticks, role (target/agent/run) of every punisher process
+snap() {
+  for p in $(pgrep -f "$(basename "$BIN") (agent|target|run)"); do
+    echo "$p $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null) $(tr '\0' ' ' < /proc/$p/cmdline | awk '{print $2}')"
+  done
+}
+nstat -n >/dev/null 2>&1 || true
+snap > "$OUT/cpu0"; date +%s.%N > "$OUT/t0"; head -1 /proc/stat > "$OUT/stat0"
+sleep 30
+snap > "$OUT/cpu1"; date +%s.%N > "$OUT/t1"; head -1 /proc/stat > "$OUT/stat1"
+nstat > "$OUT/nstat" 2>/dev/null || true
+curl -s "http://127.0.0.1:$PORT/admin/stats" > "$OUT/stats.json" || true
+wait $RP || true
+python3 - "$OUT" "$N" "$T" <<'PY'
+import json, sys
+o, n, t = sys.argv[1], sys.argv[2], sys.argv[3]
+secs = float(open(o + '/t1').read()) - float(open(o + '/t0').read())
+def rd(f):
+    return {l.split()[0]: (int(l.split()[1]), l.split()[2]) for l in open(f) if len(l.split()) == 3}
+a, b, roles = rd(o + '/cpu0'), rd(o + '/cpu1'), {}
+for p, (c, role) in b.items():
+    if p in a:
+        roles[role] = roles.get(role, 0) + (c - a[p][0]) / 100 / secs
+s0 = list(map(int, open(o + '/stat0').read().split()[1:]))
+s1 = list(map(int, open(o + '/stat1').read().split()[1:]))
+d = [y - x for x, y in zip(s0, s1)]
+busy = (sum(d[:8]) - d[3] - d[4]) / 100 / secs
+nst = {l.split()[0]: int(l.split()[1]) for l in open(o + '/nstat') if len(l.split()) >= 2 and l.split()[1].isdigit()}
+stats = json.load(open(o + '/stats.json')).get('sockets', {}) if open(o + '/stats.json').read() else {}
+print(f"{n} {t} idle: " + ' '.join(f"{k} {v:.3f}" for k, v in sorted(roles.items()))
+      + f" | machine busy {busy:.3f} cores | new TCP conn/s {nst.get('TcpActiveOpens', 0) / secs:.0f}"
+      + f" | TCP segments in/s {nst.get('TcpInSegs', 0) / secs:.0f} | connected {stats.get('connected_now')}")
+PY
