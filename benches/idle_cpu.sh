@@ -5,16 +5,21 @@
 # its agents is measured over 30 s of idle, with machine busy cores and new TCP connections.
 # Bounded: the users leave after HOLD seconds (default 80) and everything is stopped.
 #   N=10000 T=polling BIN=target/release/punisher bash benches/idle_cpu.sh
+# EXTRA=timers|http|all adds what a waiting tv_show viewer holds (see the scenario).
 set -euo pipefail
 N=${N:-10000}; T=${T:-websocket}; HOLD=${HOLD:-80}; PORT=${PORT:-9100}
 BIN=${BIN:-target/release/punisher}; SCENARIO="$(dirname "$0")/scenarios/idle_sockets.js"
 OUT=$(mktemp -d /tmp/idle-cpu-XXXX)
 "$BIN" target --listen 127.0.0.1:$PORT --processes 2 > "$OUT/target.log" 2>&1 &
 TP=$!
-trap 'kill $TP 2>/dev/null || true' EXIT
-sleep 1
+trap 'kill $TP 2>/dev/null || true; wait $TP 2>/dev/null || true' EXIT
+# Both listeners up before anyone connects (bounded: 20 s).
+for _ in $(seq 1 200); do
+  curl -sf "http://127.0.0.1:$PORT/admin/stats" >/dev/null && curl -sf "http://127.0.0.1:$((PORT + 1))/admin/stats" >/dev/null && break
+  sleep 0.1
+done
 "$BIN" run "$SCENARIO" --users "$N" --ramp-up 10s --agents 2 --no-tui --no-results \
-  -e API=http://127.0.0.1:$PORT,http://127.0.0.1:$((PORT + 1)) -e TRANSPORT="$T" -e HOLD="$HOLD" \
+  -e API=http://127.0.0.1:$PORT,http://127.0.0.1:$((PORT + 1)) -e TRANSPORT="$T" -e HOLD="$HOLD" -e EXTRA="${EXTRA:-}" \
   > "$OUT/run.log" 2>&1 &
 RP=$!
 sleep "${IDLE_AT:-25}"

@@ -1,6 +1,10 @@
 // Memory per connected idle Socket.IO user (benches/socketio_memory.py): each user opens one
 // socket on the transport in __ENV.TRANSPORT, registers a handler (its JS state), and
 // holds still. No login: the socket is what is measured.
+// EXTRA (benches/idle_cpu.sh) adds what a waiting tv_show viewer holds besides its socket:
+// 'timers' = a 10-minute setInterval and a pending waitFor with a timeout, 'http' = a
+// login first (its pooled keep-alive connection), 'all' = both.
+import http from 'punisher/http';
 import { io } from 'punisher/socketio';
 import { sleep, vu } from 'punisher';
 
@@ -13,11 +17,21 @@ export const options = {
 
 export default async function () {
   const api = APIS[(vu.idInTest - 1) % APIS.length];
+  const extra = __ENV.EXTRA || '';
+  if (extra === 'http' || extra === 'all') {
+    await http.post(`${api}/login`, { guest: true }, { name: 'login' });
+  }
   const socket = await io(api, { transports: [__ENV.TRANSPORT || 'websocket'] });
   let questions = 0;
   socket.on('question', () => {
     questions += 1;
   });
+  let poll;
+  if (extra === 'timers' || extra === 'all') {
+    poll = setInterval(() => {}, 600000);
+    socket.waitFor('question', { timeout: '10m' }).catch(() => {});
+  }
   await sleep(Number(__ENV.HOLD || 20));
+  if (poll !== undefined) clearInterval(poll);
   socket.close();
 }
