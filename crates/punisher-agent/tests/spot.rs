@@ -135,7 +135,8 @@ async fn spot_notice_reassigns_unstarted_users_exactly_once() {
         .iter()
         .map(|a| (a.agent_id.as_str(), a))
         .collect();
-    assert_eq!(views["agent-2"].state, AgentState::Lost);
+    // It said goodbye: shown as left, not as lost.
+    assert_eq!(views["agent-2"].state, AgentState::Left);
     assert_eq!(views["agent-1"].state, AgentState::Finished);
     assert_eq!(views["agent-3"].state, AgentState::Finished);
     // Users started by all three: agent-2's before it left, and the others' own and the

@@ -571,7 +571,7 @@ impl ViewMapper {
         let open_connections: u64 = v
             .agents
             .iter()
-            .filter(|a| a.state != AgentState::Lost)
+            .filter(|a| !matches!(a.state, AgentState::Lost | AgentState::Left))
             .map(|a| a.open_connections)
             .sum();
         if v.tick > self.last_tick {
@@ -751,6 +751,8 @@ fn level_of(message: &str) -> core::LogLevel {
 fn agent_row(a: &punisher_controller::AgentView) -> core::AgentRow {
     let health = if a.state == AgentState::Lost {
         core::AgentHealth::Lost
+    } else if a.state == AgentState::Left {
+        core::AgentHealth::Left
     } else if a.suspect {
         core::AgentHealth::Saturated
     } else {
@@ -968,6 +970,14 @@ mod tests {
             last_seen: Duration::from_millis(400),
             open_connections: users * 2,
         }
+    }
+
+    #[test]
+    fn agents_that_said_goodbye_show_as_left_not_lost() {
+        let left = agent_row(&agent("agent-3", "ap-south-1", AgentState::Left, 0));
+        assert_eq!(left.health, core::AgentHealth::Left);
+        let lost = agent_row(&agent("agent-4", "ap-south-1", AgentState::Lost, 0));
+        assert_eq!(lost.health, core::AgentHealth::Lost);
     }
 
     /// Run `r-1` at merged second `tick` (totals: `tick` seconds like [`second`]).

@@ -391,10 +391,18 @@ pub(crate) fn status_line(view: &RunView, planned: Duration) -> String {
         .iter()
         .filter(|a| a.state == AgentState::Lost)
         .count();
+    let left = view
+        .agents
+        .iter()
+        .filter(|a| a.state == AgentState::Left)
+        .count();
     let suspect = view.agents.iter().filter(|a| a.suspect).count();
     let mut agents = format!("agents {}", view.agents.len());
     if lost > 0 {
         agents.push_str(&format!(" ({lost} lost)"));
+    }
+    if left > 0 {
+        agents.push_str(&format!(" ({left} left)"));
     }
     if suspect > 0 {
         agents.push_str(&format!(" ({suspect} overloaded)"));

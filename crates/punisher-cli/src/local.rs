@@ -440,7 +440,7 @@ impl Processes {
             let joined = status
                 .agents
                 .iter()
-                .filter(|a| a.state != AgentState::Lost)
+                .filter(|a| !matches!(a.state, AgentState::Lost | AgentState::Left))
                 .count();
             if joined >= n as usize {
                 return Ok(());

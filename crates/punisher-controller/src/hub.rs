@@ -498,6 +498,7 @@ impl Hub {
                 agent.disconnect(Status::ok("goodbye"));
                 if unfinished && let Some(run) = self.run.as_mut().filter(|r| r.active()) {
                     agent.lost = true;
+                    agent.left = true;
                     run.note(format!("agent {id} left the run: {}", g.reason));
                     self.agent_gone(&id, &g.reason, None);
                     self.after_lost().await;
@@ -580,6 +581,7 @@ impl Hub {
                 // It leaves before its share is done (a spot interruption): what it did not
                 // start goes to the others, per the run's policy.
                 agent.lost = true;
+                agent.left = true;
                 let departure = crate::loss::Departure {
                     shares: report
                         .left_over
@@ -1768,6 +1770,7 @@ fn agent_infos(run: &Run, agents: &BTreeMap<String, Agent>) -> Vec<AgentInfo> {
                 crate::view::AgentState::Running => "running",
                 crate::view::AgentState::Finished => "finished",
                 crate::view::AgentState::Lost => "lost",
+                crate::view::AgentState::Left => "left",
             }
             .to_owned(),
         })

@@ -36,7 +36,9 @@ pub(crate) struct Agent {
     pub(crate) last_seen: Instant,
     /// When its stream ended (it has none now).
     pub(crate) disconnected_at: Option<Instant>,
+    /// Gone from the run: lost, or left with a Goodbye (then `left` is set too).
     pub(crate) lost: bool,
+    pub(crate) left: bool,
     pub(crate) clock: Clock,
     pub(crate) assignment: Option<Assignment>,
 }
@@ -104,6 +106,7 @@ impl Agent {
             last_seen: Instant::now(),
             disconnected_at: None,
             lost: false,
+            left: false,
             clock: Clock::default(),
             assignment: None,
         }
@@ -116,7 +119,11 @@ impl Agent {
     /// The state shown in views; `run_loading` is whether the run still waits for loads.
     pub(crate) fn state(&self, run_loading: bool) -> AgentState {
         if self.lost {
-            return AgentState::Lost;
+            return if self.left {
+                AgentState::Left
+            } else {
+                AgentState::Lost
+            };
         }
         match &self.assignment {
             None => AgentState::Idle,

@@ -60,7 +60,10 @@ pub enum AgentState {
     Ready,
     Running,
     Finished,
+    /// Stopped reporting without a word: killed, cut off.
     Lost,
+    /// Said goodbye before the run ended (spot interruption, TTL, shutdown).
+    Left,
 }
 
 impl AgentState {
@@ -72,6 +75,7 @@ impl AgentState {
             AgentState::Running => v1::AgentState::Running,
             AgentState::Finished => v1::AgentState::Finished,
             AgentState::Lost => v1::AgentState::Lost,
+            AgentState::Left => v1::AgentState::Left,
         }) as i32
     }
 
@@ -83,6 +87,7 @@ impl AgentState {
             v1::AgentState::Running => AgentState::Running,
             v1::AgentState::Finished => AgentState::Finished,
             v1::AgentState::Lost => AgentState::Lost,
+            v1::AgentState::Left => AgentState::Left,
         }
     }
 }
