@@ -51,7 +51,8 @@ s1 = list(map(int, open(o + '/stat1').read().split()[1:]))
 d = [y - x for x, y in zip(s0, s1)]
 busy = (sum(d[:8]) - d[3] - d[4]) / 100 / secs
 nst = {l.split()[0]: int(l.split()[1]) for l in open(o + '/nstat') if len(l.split()) >= 2 and l.split()[1].isdigit()}
-stats = json.load(open(o + '/stats.json')).get('sockets', {}) if open(o + '/stats.json').read() else {}
+raw = open(o + '/stats.json').read()
+stats = json.loads(raw).get('sockets', {}) if raw else {}
 print(f"{n} {t} idle: " + ' '.join(f"{k} {v:.3f}" for k, v in sorted(roles.items()))
       + f" | machine busy {busy:.3f} cores | new TCP conn/s {nst.get('TcpActiveOpens', 0) / secs:.0f}"
       + f" | TCP segments in/s {nst.get('TcpInSegs', 0) / secs:.0f} | connected {stats.get('connected_now')}")

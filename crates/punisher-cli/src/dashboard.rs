@@ -571,7 +571,7 @@ impl ViewMapper {
         let open_connections: u64 = v
             .agents
             .iter()
-            .filter(|a| !matches!(a.state, AgentState::Lost | AgentState::Left))
+            .filter(|a| !a.state.is_gone())
             .map(|a| a.open_connections)
             .sum();
         if v.tick > self.last_tick {

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use punisher_agent::{AgentConfig, AgentLabels};
-use punisher_controller::{AgentState, ServerSecurity};
+use punisher_controller::ServerSecurity;
 use punisher_controller::{ClientConfig, ClusterClient, Controller, ControllerConfig};
 use punisher_proto::ClientSecurity;
 use tokio::task::JoinHandle;
@@ -437,11 +437,7 @@ impl Processes {
                 .await
                 .context("cannot reach the local controller")
                 .map_err(Failure::run)?;
-            let joined = status
-                .agents
-                .iter()
-                .filter(|a| !matches!(a.state, AgentState::Lost | AgentState::Left))
-                .count();
+            let joined = status.agents.iter().filter(|a| !a.state.is_gone()).count();
             if joined >= n as usize {
                 return Ok(());
             }

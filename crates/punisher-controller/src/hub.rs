@@ -29,7 +29,7 @@ use crate::RunCommand;
 use crate::journal::Recorder;
 use crate::merge::{Merger, second_of};
 use crate::prometheus::{Exposition, Publisher};
-use crate::registry::{Agent, AgentTx, Assignment, Conn};
+use crate::registry::{Agent, AgentTx, Assignment, Conn, Gone};
 use crate::view::RunState;
 
 /// Events waiting for the hub. Each agent sends about two per second (report, pong), so
@@ -374,7 +374,7 @@ impl Hub {
                 .or_insert_with(|| Agent::new(hello, peer, conn)),
         };
         self.conns.insert(conn_id, id.clone());
-        let was_lost = std::mem::replace(&mut agent.lost, false);
+        let was_lost = agent.gone.take().is_some();
         let (run_id, last_acked_seq) = agent
             .assignment
             .as_ref()
@@ -497,8 +497,7 @@ impl Hub {
                 let unfinished = agent.assignment.as_ref().is_some_and(|a| !a.finished);
                 agent.disconnect(Status::ok("goodbye"));
                 if unfinished && let Some(run) = self.run.as_mut().filter(|r| r.active()) {
-                    agent.lost = true;
-                    agent.left = true;
+                    agent.gone = Some(Gone::Left);
                     run.note(format!("agent {id} left the run: {}", g.reason));
                     self.agent_gone(&id, &g.reason, None);
                     self.after_lost().await;
@@ -580,8 +579,7 @@ impl Hub {
             if report.departing {
                 // It leaves before its share is done (a spot interruption): what it did not
                 // start goes to the others, per the run's policy.
-                agent.lost = true;
-                agent.left = true;
+                agent.gone = Some(Gone::Left);
                 let departure = crate::loss::Departure {
                     shares: report
                         .left_over
@@ -688,7 +686,7 @@ impl Hub {
         let counted: Vec<&String> = run
             .agents
             .iter()
-            .filter(|id| self.agents.get(*id).is_some_and(|a| !a.lost))
+            .filter(|id| self.agents.get(*id).is_some_and(|a| !a.is_gone()))
             .collect();
         let mut released = Vec::new();
         for (name, b) in run.barriers.iter_mut() {
@@ -863,7 +861,7 @@ impl Hub {
         let idle: Vec<String> = self
             .agents
             .values()
-            .filter(|a| a.conn.is_some() && !a.lost && a.assignment.is_none())
+            .filter(|a| a.conn.is_some() && !a.is_gone() && a.assignment.is_none())
             .map(|a| a.id.clone())
             .collect();
         if idle.len() < run.spec.wait_agents.max(1) as usize {
@@ -1087,7 +1085,7 @@ impl Hub {
                 .filter(|other| other.as_str() != id)
                 .filter(|other| {
                     self.agents.get(*other).is_some_and(|o| {
-                        !o.lost
+                        !o.is_gone()
                             && o.conn.is_some()
                             && o.assignment.as_ref().is_some_and(|a| !a.finished)
                     })
@@ -1152,7 +1150,7 @@ impl Hub {
         let done = run.agents.iter().all(|id| {
             self.agents
                 .get(id)
-                .is_none_or(|a| a.lost || a.assignment.as_ref().is_none_or(|a| a.finished))
+                .is_none_or(|a| a.is_gone() || a.assignment.as_ref().is_none_or(|a| a.finished))
         });
         if !done {
             return;
@@ -1160,7 +1158,7 @@ impl Hub {
         let all_lost = run
             .agents
             .iter()
-            .all(|id| self.agents.get(id).is_none_or(|a| a.lost));
+            .all(|id| self.agents.get(id).is_none_or(|a| a.is_gone()));
         if all_lost {
             if let Some(run) = self.run.as_mut() {
                 run.note("every agent was lost".into());
@@ -1208,12 +1206,12 @@ impl Hub {
             let Some(agent) = self.agents.get(id) else {
                 continue;
             };
-            if agent.lost && agent.assignment.as_ref().is_some_and(|a| a.finished) {
+            if agent.is_gone() && agent.assignment.as_ref().is_some_and(|a| a.finished) {
                 // It departed with a final report (a spot interruption): nothing is missing.
                 notes.push(format!(
                     "agent {id} left the run early (see agent_loss); all of its reports are included"
                 ));
-            } else if agent.lost {
+            } else if agent.is_gone() {
                 notes.push(format!(
                     "agent {id} was lost; its users' data up to its last acknowledged report is included"
                 ));
@@ -1341,7 +1339,7 @@ impl Hub {
         let mut open_connections = 0;
         let mut open_sockets = 0;
         for id in &run.agents {
-            if let Some(agent) = self.agents.get(id).filter(|a| !a.lost) {
+            if let Some(agent) = self.agents.get(id).filter(|a| !a.is_gone()) {
                 live += 1;
                 let users = agent.assignment.as_ref().map_or(0, |a| a.active_users);
                 active += users;
@@ -1466,7 +1464,7 @@ impl Hub {
             .agents
             .values()
             .filter(|a| {
-                !a.lost
+                !a.is_gone()
                     && (now.saturating_duration_since(a.last_seen) > lost_after
                         || a.disconnected_at.is_some_and(|at| {
                             now.saturating_duration_since(at) > lost_after * 2 / 3
@@ -1483,7 +1481,7 @@ impl Hub {
             agent.disconnect(Status::deadline_exceeded("no message from the agent"));
             let unfinished = agent.assignment.as_ref().is_some_and(|a| !a.finished);
             if run_active && unfinished {
-                agent.lost = true;
+                agent.gone = Some(Gone::Lost);
                 lost_any = true;
                 let why = if agent.disconnected_at.is_some() {
                     "its connection closed and it did not come back"
@@ -1525,9 +1523,9 @@ impl Hub {
                     for id in run.agents.clone() {
                         if let Some(agent) = self.agents.get_mut(&id)
                             && agent.assignment.as_ref().is_some_and(|a| !a.finished)
-                            && !agent.lost
+                            && !agent.is_gone()
                         {
-                            agent.lost = true;
+                            agent.gone = Some(Gone::Lost);
                             agent.disconnect(Status::deadline_exceeded("did not stop in time"));
                             run.note(format!("agent {id} did not finish within the grace period"));
                         }

@@ -276,7 +276,7 @@ pub(crate) fn lost_users(
 ) -> u64 {
     run_agents
         .iter()
-        .filter_map(|id| agents.get(id).filter(|a| a.lost))
+        .filter_map(|id| agents.get(id).filter(|a| a.is_gone()))
         .filter_map(|agent| {
             let a = agent.assignment.as_ref()?;
             let share = losses.share_below(&agent.id, a.segment, target_users);

@@ -36,11 +36,19 @@ pub(crate) struct Agent {
     pub(crate) last_seen: Instant,
     /// When its stream ended (it has none now).
     pub(crate) disconnected_at: Option<Instant>,
-    /// Gone from the run: lost, or left with a Goodbye (then `left` is set too).
-    pub(crate) lost: bool,
-    pub(crate) left: bool,
+    /// Why it is no longer part of the run; `None` while it is (cleared when it rejoins).
+    pub(crate) gone: Option<Gone>,
     pub(crate) clock: Clock,
     pub(crate) assignment: Option<Assignment>,
+}
+
+/// Why an agent is no longer part of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gone {
+    /// Silent for too long, or its stream closed and it did not come back.
+    Lost,
+    /// Said goodbye before its share was done (spot interruption, TTL, shutdown).
+    Left,
 }
 
 /// An agent's part in the current run.
@@ -105,11 +113,15 @@ impl Agent {
             conn: Some(conn),
             last_seen: Instant::now(),
             disconnected_at: None,
-            lost: false,
-            left: false,
+            gone: None,
             clock: Clock::default(),
             assignment: None,
         }
+    }
+
+    /// Lost or left: no longer part of the run.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.is_some()
     }
 
     pub(crate) fn cores(&self) -> u32 {
@@ -118,12 +130,10 @@ impl Agent {
 
     /// The state shown in views; `run_loading` is whether the run still waits for loads.
     pub(crate) fn state(&self, run_loading: bool) -> AgentState {
-        if self.lost {
-            return if self.left {
-                AgentState::Left
-            } else {
-                AgentState::Lost
-            };
+        match self.gone {
+            Some(Gone::Lost) => return AgentState::Lost,
+            Some(Gone::Left) => return AgentState::Left,
+            None => {}
         }
         match &self.assignment {
             None => AgentState::Idle,
@@ -172,7 +182,7 @@ impl Agent {
             state: self.state(run_loading).to_wire(),
             capacity: self.hello.capacity,
             segment: a.map(|a| a.segment.into()),
-            active_users: if self.lost {
+            active_users: if self.is_gone() {
                 0
             } else {
                 a.map_or(0, |a| a.active_users)
@@ -184,7 +194,7 @@ impl Agent {
             rtt_ms: self.clock.rtt_ms(),
             reports: a.map_or(0, |a| a.reports),
             last_seen_ms_ago: now.saturating_duration_since(self.last_seen).as_millis() as u64,
-            open_connections: if self.lost {
+            open_connections: if self.is_gone() {
                 0
             } else {
                 a.map_or(0, |a| a.open_connections)
@@ -261,6 +271,30 @@ mod tests {
         c.sample(5, 0, 1); // clock went backwards: ignored
         assert!((c.offset_ms() - 5.0).abs() < 1e-9);
         assert_eq!(c.applied_offset_us(), 5_000);
+    }
+
+    fn agent() -> Agent {
+        let (tx, _rx) = mpsc::channel(1);
+        let conn = Conn {
+            id: 1,
+            tx,
+            cancel: CancellationToken::new(),
+        };
+        Agent::new(v1::Hello::default(), None, conn)
+    }
+
+    #[test]
+    fn gone_agents_show_why_and_a_rejoin_clears_it() {
+        let mut a = agent();
+        assert_eq!(a.state(false), AgentState::Idle);
+        a.gone = Some(Gone::Left);
+        assert_eq!(a.state(false), AgentState::Left);
+        // It rejoins (the hub takes `gone`), then goes silent: lost, not left.
+        assert!(a.gone.take().is_some());
+        assert_eq!(a.state(false), AgentState::Idle);
+        a.gone = Some(Gone::Lost);
+        assert_eq!(a.state(false), AgentState::Lost);
+        assert!(a.is_gone());
     }
 
     #[test]

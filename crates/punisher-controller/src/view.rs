@@ -67,6 +67,11 @@ pub enum AgentState {
 }
 
 impl AgentState {
+    /// Lost or left: the agent no longer takes part in the run.
+    pub fn is_gone(self) -> bool {
+        matches!(self, AgentState::Lost | AgentState::Left)
+    }
+
     pub(crate) fn to_wire(self) -> i32 {
         (match self {
             AgentState::Idle => v1::AgentState::Idle,
