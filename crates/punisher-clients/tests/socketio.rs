@@ -305,11 +305,16 @@ async fn ping_timeout_when_the_server_goes_silent() {
         // Several heartbeats pass without a timeout while the server pings.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         assert!(s.connected(), "{t:?}");
-        // Over polling, the ~4 pongs went on the long-poll's connection: the only new TCP
-        // connection is the one of this emit (sent while a GET waits).
+        // Over polling, the ~4 pongs went on the long-poll's connection (each would have
+        // opened one before). The only possible new TCP connection is the one of this emit:
+        // its own while a GET waits, none when it was queued during a pong's POST and rode
+        // along on the long-poll's connection (CI saw both).
         let new_connections = tcp_connections(&s).await - tcp_before;
-        let expected = if t == [Transport::Polling] { 1 } else { 0 };
-        assert_eq!(new_connections, expected, "{t:?}");
+        let at_most = if t == [Transport::Polling] { 1 } else { 0 };
+        assert!(
+            (0..=at_most).contains(&new_connections),
+            "{t:?}: {new_connections} new TCP connections"
+        );
         let reply = s.emit_with_ack("silence", vec![], WAIT).await.unwrap();
         assert_eq!(reply.args, [json!("silent")]);
         let started = std::time::Instant::now();
