@@ -41,12 +41,21 @@ fn spot_watch(url: &str) -> SpotWatch {
     }
 }
 
+/// What an interrupted run left behind.
+struct Interrupted {
+    last: punisher_controller::RunView,
+    /// `vu.idInTest` of every user that hit the target.
+    ids: Vec<u64>,
+    /// How agent-2 ended.
+    exit: AgentExit,
+    /// The results folder's `run.json` and `report.html`.
+    info: punisher_results::RunInfo,
+    report: String,
+}
+
 /// Runs the session script on three agents, agent-2 of which gets a spot notice once
-/// `notice_after` users hit the target; returns the final view, the hits and agent-2's exit.
-async fn interrupted_run(
-    policy: AgentLossPolicy,
-    notice_after: usize,
-) -> (punisher_controller::RunView, Vec<u64>, AgentExit) {
+/// `notice_after` users hit the target.
+async fn interrupted_run(policy: AgentLossPolicy, notice_after: usize) -> Interrupted {
     let target = target().await;
     let controller = TestController::start(true).await;
     let cancel = CancellationToken::new();
@@ -74,6 +83,10 @@ async fn interrupted_run(
 
     let views = follow(&mut client, &run_id, Duration::from_secs(60)).await;
     let last = views.last().unwrap().clone();
+    // The folder is complete once the view says the run ended (and gone with the controller).
+    let dir = std::path::PathBuf::from(last.results_dir.clone().expect("a results folder"));
+    let info = serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
     let leaver = agents.remove(1);
     let exit = tokio::time::timeout(Duration::from_secs(30), leaver)
         .await
@@ -90,7 +103,13 @@ async fn interrupted_run(
         .iter()
         .map(|h| query(&h.path, "vu").unwrap().parse().unwrap())
         .collect();
-    (last, ids, exit)
+    Interrupted {
+        last,
+        ids,
+        exit,
+        info,
+        report,
+    }
 }
 
 fn agent_loss(view: &punisher_controller::RunView) -> AgentLoss {
@@ -106,7 +125,13 @@ fn agent_loss(view: &punisher_controller::RunView) -> AgentLoss {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_notice_reassigns_unstarted_users_exactly_once() {
     let _serial = crate::serial().await;
-    let (last, ids, exit) = interrupted_run(AgentLossPolicy::Reassign, 15).await;
+    let Interrupted {
+        last,
+        ids,
+        exit,
+        info,
+        report,
+    } = interrupted_run(AgentLossPolicy::Reassign, 15).await;
     assert_eq!(exit, AgentExit::SpotInterruption);
     assert_eq!(last.state, RunState::Finished, "{:?}", last.messages);
     assert_eq!(last.exit_code, Some(0), "{:?}", last.messages);
@@ -130,6 +155,18 @@ async fn spot_notice_reassigns_unstarted_users_exactly_once() {
     assert!(loss.reassigned_users > 0, "{loss:?}");
     assert_eq!(loss.to, vec!["agent-1".to_owned(), "agent-3".to_owned()]);
     assert!(loss.from_unix_ms <= loss.to_unix_ms, "{loss:?}");
+    // The results mark the same window: run.json, and the report's charts and agents table.
+    assert_eq!(info.agent_losses, [loss.to_window()]);
+    assert_eq!(info.messages, last.messages);
+    let agent_2 = info.agents.iter().find(|a| a.id == "agent-2").unwrap();
+    assert_eq!(agent_2.state, "left");
+    assert!(report.contains("<rect class=\"lost\""), "no shaded window");
+    assert!(
+        report.contains("<title>agent agent-2 gone (spot interruption"),
+        "the shaded window is not labelled"
+    );
+    assert!(report.contains("Agent losses (shaded on the charts)"));
+    assert!(report.contains("<td>agent-1, agent-3</td>"));
     let views: BTreeMap<&str, &punisher_controller::AgentView> = last
         .agents
         .iter()
@@ -147,12 +184,21 @@ async fn spot_notice_reassigns_unstarted_users_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continue_policy_goes_on_without_the_departed_users() {
     let _serial = crate::serial().await;
-    let (last, ids, exit) = interrupted_run(AgentLossPolicy::Continue, 15).await;
+    let Interrupted {
+        last,
+        ids,
+        exit,
+        info,
+        ..
+    } = interrupted_run(AgentLossPolicy::Continue, 15).await;
     assert_eq!(exit, AgentExit::SpotInterruption);
     assert_eq!(last.state, RunState::Finished, "{:?}", last.messages);
     let loss = agent_loss(&last);
     assert_eq!(loss.policy, AgentLossPolicy::Continue);
     assert!(loss.to.is_empty());
+    assert_eq!(info.agent_losses.len(), 1);
+    assert_eq!(info.agent_losses[0].policy, "continue");
+    assert_eq!(info.agent_losses[0].reassigned_users, 0);
     // Nobody doubled; agent-2's users that had not started never ran.
     let unique: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len());

@@ -1118,6 +1118,13 @@ impl Hub {
             loss.to = survivors;
         }
         run.note(loss.to_message());
+        // Into run.json at once: a controller that dies later still leaves the window.
+        run.info.agent_losses.push(loss.to_window());
+        run.info.messages.clone_from(&run.messages);
+        let info = run.info.clone();
+        if let Some(recorder) = run.recorder.as_mut() {
+            recorder.update_info(info);
+        }
         if policy == AgentLossPolicy::Abort {
             self.abort_run(format!(
                 "agent {id} left the run and --on-agent-loss is abort"
@@ -1239,6 +1246,7 @@ impl Hub {
             // The end state is shown once the folder is complete; until then the run takes
             // no reports, commands or ticks (`finishing`), and the hub goes on serving.
             run.info.agents = agent_infos(run, &self.agents);
+            run.info.messages.clone_from(&run.messages);
             run.info.started_unix_ms = start_ms;
             run.info.started = punisher_results::rfc3339(start_ms);
             run.info.finish(unix_ms());

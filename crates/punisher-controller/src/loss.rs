@@ -100,6 +100,25 @@ pub struct AgentLoss {
 const PREFIX: &str = "agent_loss: ";
 
 impl AgentLoss {
+    /// The record of this loss in `run.json`, which the report shades on its charts.
+    pub fn to_window(&self) -> punisher_results::dir::AgentLossWindow {
+        let reassigned = self.policy == AgentLossPolicy::Reassign && !self.to.is_empty();
+        punisher_results::dir::AgentLossWindow {
+            agent: self.agent.clone(),
+            reason: self.reason.clone(),
+            policy: self.policy.as_str().to_owned(),
+            from_unix_ms: self.from_unix_ms,
+            to_unix_ms: self.to_unix_ms,
+            interrupted_users: self.interrupted_users,
+            reassigned_users: if reassigned { self.reassigned_users } else { 0 },
+            reassigned_to: if reassigned {
+                self.to.clone()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
     pub fn to_message(&self) -> String {
         let outcome = match self.policy {
             AgentLossPolicy::Reassign if self.to.is_empty() => format!(

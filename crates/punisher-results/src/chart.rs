@@ -26,7 +26,21 @@ pub(crate) struct Chart {
     pub(crate) title: String,
     pub(crate) unit: YUnit,
     pub(crate) lines: Vec<Line>,
+    /// Spans shaded behind the lines: the windows in which an agent was gone.
+    pub(crate) shaded: Vec<Span>,
 }
+
+/// A span of the x axis (seconds since the run's start) shaded behind a chart's lines,
+/// with the text shown when hovering it.
+pub(crate) struct Span {
+    pub(crate) from: f64,
+    pub(crate) to: f64,
+    pub(crate) label: String,
+}
+
+/// Agent-loss windows are rarely wider than a few seconds: they stay this wide at least,
+/// so that one second in a 30-minute run can still be seen.
+const MIN_SPAN_PX: f64 = 3.0;
 
 /// Series colours, distinguishable and readable on white.
 pub(crate) const COLORS: [&str; 6] = [
@@ -145,6 +159,8 @@ pub(crate) fn svg(chart: &Chart) -> Option<String> {
     let x_max = lines
         .iter()
         .flat_map(|(_, p)| p.iter().map(|p| p.0))
+        .chain(chart.shaded.iter().map(|span| span.to))
+        .filter(|x| x.is_finite())
         .fold(0.0, f64::max)
         .max(1.0);
     let y_top = lines
@@ -219,6 +235,20 @@ pub(crate) fn svg(chart: &Chart) -> Option<String> {
         (LEFT + RIGHT) / 2.0,
         H - 4.0
     );
+    for span in &chart.shaded {
+        let (from, to) = (span.from.clamp(0.0, x_max), span.to.clamp(0.0, x_max));
+        if !(from.is_finite() && to.is_finite()) || to < from {
+            continue;
+        }
+        let width = (sx(to) - sx(from)).max(MIN_SPAN_PX);
+        let _ = write!(
+            s,
+            r##"<rect class="lost" x="{:.1}" y="{TOP}" width="{width:.1}" height="{:.1}" fill="#c5221f" fill-opacity="0.18"><title>{}</title></rect>"##,
+            sx(from).min(RIGHT - width),
+            BOTTOM - TOP,
+            xml(&span.label)
+        );
+    }
     for (line, pts) in &lines {
         let dash = if line.dashed {
             r#" stroke-dasharray="5 4""#
@@ -294,6 +324,7 @@ mod tests {
                 dashed: false,
                 points: vec![],
             }],
+            shaded: Vec::new(),
         };
         assert!(svg(&chart).is_none());
         chart.lines[0].points = (0..2000).map(|i| (i as f64, (i % 7) as f64)).collect();
@@ -308,5 +339,48 @@ mod tests {
             .next()
             .unwrap();
         assert!(polyline.split(' ').count() <= MAX_POINTS, "downsampled");
+    }
+
+    #[test]
+    fn loss_windows_are_shaded_at_their_time_and_never_vanish() {
+        let chart = Chart {
+            title: "users".into(),
+            unit: YUnit::Count,
+            lines: vec![Line {
+                label: "active".into(),
+                color: COLORS[0],
+                dashed: false,
+                points: (0..=100).map(|i| (f64::from(i), 10.0)).collect(),
+            }],
+            shaded: vec![
+                Span {
+                    from: 50.0,
+                    to: 75.0,
+                    label: "agent <a> left".into(),
+                },
+                // Handled in the same millisecond it was noticed: still a visible band.
+                Span {
+                    from: 20.0,
+                    to: 20.0,
+                    label: "agent b lost".into(),
+                },
+            ],
+        };
+        let s = svg(&chart).unwrap();
+        let rects: Vec<&str> = s.split("<rect class=\"lost\" ").skip(1).collect();
+        assert_eq!(rects.len(), 2, "{s}");
+        let attr = |r: &str, name: &str| -> f64 {
+            let start = r.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            r[start..].split('"').next().unwrap().parse().unwrap()
+        };
+        // x = LEFT + t / 100 * (RIGHT - LEFT)
+        let px = |t: f64| LEFT + t / 100.0 * (RIGHT - LEFT);
+        assert!((attr(rects[0], "x") - px(50.0)).abs() < 0.1, "{}", rects[0]);
+        assert!((attr(rects[0], "width") - (px(75.0) - px(50.0))).abs() < 0.1);
+        assert!((attr(rects[1], "x") - px(20.0)).abs() < 0.1);
+        assert_eq!(attr(rects[1], "width"), MIN_SPAN_PX);
+        assert!(rects[0].contains("<title>agent &lt;a&gt; left</title>"));
+        // Shaded behind the data: the rectangles come before the line.
+        assert!(s.find("<rect").unwrap() < s.find("<polyline").unwrap());
     }
 }

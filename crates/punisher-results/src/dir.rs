@@ -209,6 +209,33 @@ pub struct RunInfo {
     pub started: String,
     pub ended_unix_ms: Option<u64>,
     pub ended: Option<String>,
+    /// The agents that left or were lost while the run went on: the windows the report
+    /// shades on its charts.
+    #[serde(default)]
+    pub agent_losses: Vec<AgentLossWindow>,
+    /// What the controller noted during the run (agent losses, agents that left early,
+    /// threshold aborts), in order.
+    #[serde(default)]
+    pub messages: Vec<String>,
+}
+
+/// An agent that left (spot notice) or was lost while the run went on, and what became of
+/// its users: between `from_unix_ms` (its last report, or the notice) and `to_unix_ms`
+/// (when the controller acted) the merged numbers lack that agent's share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentLossWindow {
+    pub agent: String,
+    /// Why it went, e.g. `spot interruption` or `no report for 3s`.
+    pub reason: String,
+    /// `reassign`, `continue` or `abort` (`--on-agent-loss`).
+    pub policy: String,
+    pub from_unix_ms: u64,
+    pub to_unix_ms: u64,
+    /// Its users that had started: they ended with it.
+    pub interrupted_users: u64,
+    /// Its users that had not started, handed to `reassigned_to`.
+    pub reassigned_users: u64,
+    pub reassigned_to: Vec<String>,
 }
 
 impl RunInfo {
@@ -238,6 +265,8 @@ impl RunInfo {
             started: rfc3339(started_unix_ms),
             ended_unix_ms: None,
             ended: None,
+            agent_losses: Vec::new(),
+            messages: Vec::new(),
         }
     }
 

@@ -1,15 +1,16 @@
 //! `report.html`: the sign-off document. One self-contained file (inline CSS and SVG, no
 //! script, no font or image to fetch), readable offline years later: verdict, sign-off sheet
 //! (each threshold with its observed value), exact parameters, charts over time, a table per
-//! request name, checks, all metrics, and the agents.
+//! request name, checks, all metrics, and the agents (with the windows in which one was gone
+//! shaded on the charts).
 
 use std::fmt::Write as _;
 
 use punisher_metrics::summary::{fmt_data, fmt_time};
 use punisher_metrics::{MetricSummary, Summary};
 
-use crate::chart::{COLORS, Chart, Line, YUnit, svg};
-use crate::dir::{RunInfo, rfc3339};
+use crate::chart::{COLORS, Chart, Line, Span, YUnit, svg};
+use crate::dir::{AgentLossWindow, RunInfo, rfc3339};
 use crate::escape::xml;
 use crate::format::{num, observed};
 use crate::timeline::{Timeline, Values};
@@ -317,6 +318,7 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
         title: "Users".into(),
         unit: YUnit::Count,
         lines: users,
+        shaded: Vec::new(),
     });
 
     charts.push(Chart {
@@ -334,11 +336,13 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
                 metric_points(tl, t0, "iterations", |v, _| v.rate),
             ),
         ],
+        shaded: Vec::new(),
     });
     charts.push(Chart {
         title: "HTTP request duration".into(),
         unit: YUnit::Millis,
         lines: percentile_lines(tl, t0, "http_req_duration", false),
+        shaded: Vec::new(),
     });
     let per_sec =
         |n: Option<u64>, secs: f64| n.map(|n| if secs > 0.0 { n as f64 / secs } else { 0.0 });
@@ -362,6 +366,7 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
                 metric_points(tl, t0, "dropped_iterations", |v, _| v.rate),
             ),
         ],
+        shaded: Vec::new(),
     });
     charts.push(Chart {
         title: "Open connections".into(),
@@ -374,11 +379,13 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
                 live(&|l| l.open_sockets),
             ),
         ],
+        shaded: Vec::new(),
     });
     charts.push(Chart {
         title: "Socket.IO event fan-out latency".into(),
         unit: YUnit::Millis,
         lines: percentile_lines(tl, t0, "socketio_event_latency", true),
+        shaded: Vec::new(),
     });
     let messages: Vec<Line> = tl
         .metrics
@@ -394,6 +401,7 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
         title: "WebSocket / Socket.IO messages".into(),
         unit: YUnit::PerSecond,
         lines: messages,
+        shaded: Vec::new(),
     });
     // Other time trends (iteration_duration, the scenario's own), the HTTP phases excepted.
     for (name, m) in tl
@@ -411,6 +419,7 @@ fn build_charts(tl: &Timeline, t0: u64) -> Vec<Chart> {
             title: name.clone(),
             unit: YUnit::Millis,
             lines: percentile_lines(tl, t0, name, false),
+            shaded: Vec::new(),
         });
     }
     charts
@@ -421,7 +430,12 @@ fn charts(h: &mut String, input: &ReportInput<'_>) {
     let Some(t0) = tl.start_unix_ms().or(input.info.map(|i| i.started_unix_ms)) else {
         return;
     };
-    let svgs: Vec<String> = build_charts(tl, t0).iter().filter_map(svg).collect();
+    let losses = input.info.map_or(&[][..], |i| &i.agent_losses[..]);
+    let mut charts = build_charts(tl, t0);
+    for chart in &mut charts {
+        chart.shaded = loss_spans(losses, t0);
+    }
+    let svgs: Vec<String> = charts.iter().filter_map(svg).collect();
     if svgs.is_empty() {
         return;
     }
@@ -433,6 +447,19 @@ fn charts(h: &mut String, input: &ReportInput<'_>) {
         h.push_str(&s);
     }
     let _ = write!(h, "</div></section>");
+}
+
+/// The windows in which an agent was gone, in seconds since `t0`.
+fn loss_spans(losses: &[AgentLossWindow], t0: u64) -> Vec<Span> {
+    let secs = |ms: u64| ms.saturating_sub(t0) as f64 / 1000.0;
+    losses
+        .iter()
+        .map(|l| Span {
+            from: secs(l.from_unix_ms),
+            to: secs(l.to_unix_ms.max(l.from_unix_ms)),
+            label: format!("agent {} gone ({})", l.agent, l.reason),
+        })
+        .collect()
 }
 
 fn requests(h: &mut String, s: &Summary) {
@@ -590,7 +617,7 @@ fn agents(h: &mut String, info: Option<&RunInfo>) {
             h,
             "<tr{}><td><code>{}</code></td><td>{}</td><td>{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{:+.1} ms</td><td>{}</td></tr>",
-            if a.state == "lost" {
+            if a.state == "lost" || a.state == "left" {
                 " class=\"fail\""
             } else {
                 ""
@@ -604,5 +631,43 @@ fn agents(h: &mut String, info: Option<&RunInfo>) {
             xml(&a.state)
         );
     }
-    let _ = write!(h, "</tbody></table></section>");
+    let _ = write!(h, "</tbody></table>");
+    agent_losses(h, info);
+    if !info.messages.is_empty() {
+        let _ = write!(h, "<h3>Controller messages</h3><ul class=\"messages\">");
+        for m in &info.messages {
+            let _ = write!(h, "<li>{}</li>", xml(m));
+        }
+        let _ = write!(h, "</ul>");
+    }
+    let _ = write!(h, "</section>");
+}
+
+/// The agents that left or were lost during the run, with the window shaded on the charts.
+fn agent_losses(h: &mut String, info: &RunInfo) {
+    if info.agent_losses.is_empty() {
+        return;
+    }
+    let _ = write!(
+        h,
+        "<h3 id=\"agent-losses\">Agent losses (shaded on the charts)</h3><table><thead><tr>\
+         <th>Agent</th><th>Reason</th><th>Window (UTC)</th><th class=\"n\">Interrupted users</th>\
+         <th>Policy</th><th class=\"n\">Reassigned users</th><th>To</th></tr></thead><tbody>"
+    );
+    for l in &info.agent_losses {
+        let _ = write!(
+            h,
+            "<tr class=\"fail\"><td><code>{}</code></td><td>{}</td><td>{} – {}</td>\
+             <td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            xml(&l.agent),
+            xml(&l.reason),
+            xml(&rfc3339(l.from_unix_ms)),
+            xml(&rfc3339(l.to_unix_ms)),
+            num(l.interrupted_users as f64),
+            xml(&l.policy),
+            num(l.reassigned_users as f64),
+            xml(&l.reassigned_to.join(", "))
+        );
+    }
+    let _ = write!(h, "</tbody></table>");
 }

@@ -35,7 +35,7 @@ pub mod prometheus;
 pub mod timeline;
 
 pub use compare::{Comparison, RunFigures, Tolerance, compare};
-pub use dir::{AgentInfo, ResultsDir, RunInfo, rfc3339, sha256_hex};
+pub use dir::{AgentInfo, AgentLossWindow, ResultsDir, RunInfo, rfc3339, sha256_hex};
 pub use html::{ReportInput, render_html};
 pub use journal::{Journal, Replayed};
 pub use live::LiveNumbers;
