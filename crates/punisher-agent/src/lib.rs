@@ -14,6 +14,8 @@
 //! running users finish for `drain`, sends its final report marked `departing` with the
 //! shares it did not start (the controller gives them to the other agents), waits until the
 //! controller acknowledged it, says Goodbye and exits with [`AgentExit::SpotInterruption`].
+//! A [`LeaveRequest`] (`punisher agent` on SIGTERM) does the same and exits with
+//! [`AgentExit::AskedToLeave`].
 //!
 //! Reports are numbered per run and kept until the controller acknowledged them; after a
 //! reconnect the unacknowledged ones are sent again, in order, and the controller counts
@@ -113,6 +115,20 @@ pub enum AgentExit {
     TtlExpired,
     /// EC2 announced a spot interruption: the agent drained, reported and said Goodbye.
     SpotInterruption,
+    /// It was asked to leave ([`LeaveRequest`], SIGTERM): it drained, reported and said
+    /// Goodbye, as on a spot notice.
+    AskedToLeave,
+}
+
+/// A way to ask a running agent to leave cleanly, as a spot notice does: no new arrivals,
+/// running users get `drain` to finish, the final report says which users it did not start
+/// (the controller hands them to the other agents), then Goodbye. `punisher agent` asks on
+/// its first SIGTERM or Ctrl-C (an instance shutting down at its TTL, a Kubernetes pod being
+/// evicted) and cancels on the second.
+#[derive(Debug, Clone)]
+pub struct LeaveRequest {
+    pub requested: CancellationToken,
+    pub drain: Duration,
 }
 
 /// Why the agent gave up: nothing a retry could fix.
@@ -206,7 +222,7 @@ impl Current {
 /// What woke the agent's loop.
 enum Event {
     Controller(Result<Option<v1::ControllerMessage>, Status>),
-    Spot(Option<imds::SpotNotice>),
+    Leave(Option<LeaveNotice>),
     Loaded(Result<LoadedRun, String>),
     Report(Option<RunnerReport>),
     Barrier,
@@ -230,17 +246,26 @@ struct Agent {
     current: Option<Current>,
     last_heard: Instant,
     deadline: Option<Instant>,
-    /// The spot watcher's answer; `None` when not watching (or answered).
-    spot: Option<oneshot::Receiver<imds::SpotNotice>>,
+    /// A spot notice or a leave request, whichever comes first; `None` once answered.
+    leave: Option<oneshot::Receiver<LeaveNotice>>,
     /// Stops the spot watcher when the agent ends.
-    _spot_guard: Option<tokio_util::sync::DropGuard>,
-    /// Set by a spot notice: the agent drains, reports and exits.
+    _watch_guard: tokio_util::sync::DropGuard,
+    /// Set by a spot notice or a leave request: the agent drains, reports and exits.
     leaving: Option<Leaving>,
+}
+
+/// Why the agent leaves before its run ends, and how long its running users get.
+#[derive(Debug)]
+struct LeaveNotice {
+    reason: String,
+    drain: Duration,
+    exit: AgentExit,
 }
 
 /// An agent on its way out.
 struct Leaving {
     reason: String,
+    exit: AgentExit,
     /// When the notice came: arrivals stopped then.
     since_unix_ms: u64,
     /// Goodbye by then, whatever is unacknowledged.
@@ -249,6 +274,19 @@ struct Leaving {
 
 /// Runs the agent until it is cancelled, its TTL runs out, or the controller refuses it.
 pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExit, AgentError> {
+    let never = LeaveRequest {
+        requested: CancellationToken::new(),
+        drain: Duration::ZERO,
+    };
+    run_until_asked_to_leave(cfg, never, cancel).await
+}
+
+/// [`run`], and leaves cleanly (as on a spot notice) once `leave` is requested.
+pub async fn run_until_asked_to_leave(
+    cfg: AgentConfig,
+    leave: LeaveRequest,
+    cancel: CancellationToken,
+) -> Result<AgentExit, AgentError> {
     let token = TokenInterceptor::new(&cfg.token)?;
     if cfg.controller_timeout.is_zero() {
         return Err(AgentError::Config(
@@ -269,23 +307,12 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
         )
     });
     let workers = cfg.workers.unwrap_or_else(capacity::default_workers).max(1);
-    let (spot, spot_guard) = match &cfg.spot {
-        Some(watch) => {
-            let (tx, rx) = oneshot::channel();
-            let stop = CancellationToken::new();
-            let (url, interval, token) = (watch.imds_url.clone(), watch.interval, stop.clone());
-            tokio::spawn(async move {
-                if let Some(notice) = imds::watch_spot_interruption(&url, interval, token).await {
-                    let _ = tx.send(notice);
-                }
-            });
-            (Some(rx), Some(stop.drop_guard()))
-        }
-        None => (None, None),
-    };
+    let (tx, rx) = oneshot::channel();
+    let stop = CancellationToken::new();
+    tokio::spawn(watch_for_leaving(cfg.spot.clone(), leave, tx, stop.clone()));
     let mut agent = Agent {
-        spot,
-        _spot_guard: spot_guard,
+        leave: Some(rx),
+        _watch_guard: stop.drop_guard(),
         leaving: None,
         deadline: cfg.ttl.map(|t| Instant::now() + t),
         cfg,
@@ -310,7 +337,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
         let connected = loop {
             tokio::select! {
                 c = &mut connect => break c,
-                e = next_event(&mut agent.current, &mut agent.spot, None, &mut housekeeping, &cancel) => {
+                e = next_event(&mut agent.current, &mut agent.leave, None, &mut housekeeping, &cancel) => {
                     if let Some(exit) = agent.handle_offline(e) {
                         return Ok(exit);
                     }
@@ -347,7 +374,7 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
         loop {
             let event = tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
-                e = next_event(&mut agent.current, &mut agent.spot, None, &mut housekeeping, &cancel) => e,
+                e = next_event(&mut agent.current, &mut agent.leave, None, &mut housekeeping, &cancel) => e,
             };
             if let Some(exit) = agent.handle_offline(event) {
                 return Ok(exit);
@@ -356,10 +383,40 @@ pub async fn run(cfg: AgentConfig, cancel: CancellationToken) -> Result<AgentExi
     }
 }
 
+/// Sends the first of a spot interruption notice (when `spot` watches for one) and a leave
+/// request; ends without sending when `stop` is cancelled.
+async fn watch_for_leaving(
+    spot: Option<SpotWatch>,
+    leave: LeaveRequest,
+    tx: oneshot::Sender<LeaveNotice>,
+    stop: CancellationToken,
+) {
+    let spot_notice = async {
+        match &spot {
+            Some(w) => imds::watch_spot_interruption(&w.imds_url, w.interval, stop.clone()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let notice = tokio::select! {
+        () = stop.cancelled() => return,
+        Some(notice) = spot_notice => LeaveNotice {
+            reason: notice.reason(),
+            drain: spot.as_ref().map_or(Duration::ZERO, |w| w.drain),
+            exit: AgentExit::SpotInterruption,
+        },
+        () = leave.requested.cancelled() => LeaveNotice {
+            reason: "asked to leave: shutting down".to_owned(),
+            drain: leave.drain,
+            exit: AgentExit::AskedToLeave,
+        },
+    };
+    let _ = tx.send(notice);
+}
+
 /// Waits for whatever happens next; borrows the run's parts only while waiting.
 async fn next_event(
     current: &mut Option<Current>,
-    spot: &mut Option<oneshot::Receiver<imds::SpotNotice>>,
+    leave: &mut Option<oneshot::Receiver<LeaveNotice>>,
     inbound: Option<&mut Streaming<v1::ControllerMessage>>,
     housekeeping: &mut Interval,
     cancel: &CancellationToken,
@@ -386,7 +443,7 @@ async fn next_event(
             Event::Loaded(l.unwrap_or_else(|e| Err(format!("loading failed: {e}"))))
         }
         _ = async { match &barriers { Some(b) => b.changed.notified().await, None => std::future::pending().await } } => Event::Barrier,
-        n = async { match spot { Some(rx) => rx.await.ok(), None => std::future::pending().await } } => Event::Spot(n),
+        n = async { match leave { Some(rx) => rx.await.ok(), None => std::future::pending().await } } => Event::Leave(n),
         _ = housekeeping.tick() => Event::Housekeeping,
     }
 }
@@ -442,7 +499,7 @@ impl Agent {
         let answer = loop {
             tokio::select! {
                 a = &mut handshake => break a,
-                e = next_event(&mut self.current, &mut self.spot, None, housekeeping, cancel) => {
+                e = next_event(&mut self.current, &mut self.leave, None, housekeeping, cancel) => {
                     if let Some(exit) = self.handle_offline(e) {
                         return SessionEnd::Exit(exit);
                     }
@@ -474,7 +531,7 @@ impl Agent {
         loop {
             let event = next_event(
                 &mut self.current,
-                &mut self.spot,
+                &mut self.leave,
                 Some(&mut inbound),
                 housekeeping,
                 cancel,
@@ -750,10 +807,10 @@ impl Agent {
                     }
                 }
             }
-            Event::Spot(notice) => {
-                self.spot = None;
+            Event::Leave(notice) => {
+                self.leave = None;
                 if let Some(notice) = notice {
-                    self.on_spot_notice(notice);
+                    self.on_leave_notice(notice);
                     if let Some(exit) = self.check_leave(out) {
                         return Ok(Some(exit));
                     }
@@ -765,12 +822,16 @@ impl Agent {
         Ok(None)
     }
 
-    /// A spot interruption is coming: no new arrivals, running users get the drain, and
-    /// the engine's final report will say what it left (see [`Agent::on_report`]).
-    fn on_spot_notice(&mut self, notice: imds::SpotNotice) {
-        let drain = self.cfg.spot.as_ref().map_or(Duration::ZERO, |s| s.drain);
-        let reason = notice.reason();
-        tracing::warn!(agent_id = %self.id, %reason, ?drain, "spot interruption notice: draining and leaving");
+    /// A spot interruption is coming, or the agent was asked to leave: no new arrivals,
+    /// running users get the drain, and the engine's final report will say what it left
+    /// (see [`Agent::on_report`]).
+    fn on_leave_notice(&mut self, notice: LeaveNotice) {
+        let LeaveNotice {
+            reason,
+            drain,
+            exit,
+        } = notice;
+        tracing::warn!(agent_id = %self.id, %reason, ?drain, "draining and leaving");
         if let Some(c) = self.current.as_mut() {
             match &c.runner {
                 Some(r) => r.command(EngineCommand::Stop { grace: drain }),
@@ -779,6 +840,7 @@ impl Agent {
         }
         self.leaving = Some(Leaving {
             reason,
+            exit,
             since_unix_ms: unix_ms(),
             deadline: Instant::now() + drain + LEAVE_SLACK,
         });
@@ -800,7 +862,8 @@ impl Agent {
                 reason: leaving.reason.clone(),
             }),
         );
-        Some(self.exit(out, AgentExit::SpotInterruption))
+        let exit = leaving.exit;
+        Some(self.exit(out, exit))
     }
 
     /// Offline: reports go to the outbox, clocks keep ticking.

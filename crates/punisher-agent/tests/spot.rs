@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use punisher_agent::{AgentExit, SpotWatch};
+use punisher_agent::{AgentExit, LeaveRequest, SpotWatch};
 use punisher_controller::{
     AgentLoss, AgentLossPolicy, AgentState, Controller, ControllerConfig, RunState, ServerSecurity,
 };
@@ -53,20 +53,48 @@ struct Interrupted {
     report: String,
 }
 
+/// How agent-2 is told to go.
+#[derive(Clone, Copy, PartialEq)]
+enum Interruption {
+    /// EC2's spot notice, through the fake instance metadata service.
+    SpotNotice,
+    /// A [`LeaveRequest`], as `punisher agent` makes on SIGTERM.
+    AskedToLeave,
+}
+
 /// Runs the session script on three agents, agent-2 of which gets a spot notice once
 /// `notice_after` users hit the target.
 async fn interrupted_run(policy: AgentLossPolicy, notice_after: usize) -> Interrupted {
+    interrupted_run_by(Interruption::SpotNotice, policy, notice_after).await
+}
+
+/// [`interrupted_run`], with agent-2 told to go `how`.
+async fn interrupted_run_by(
+    how: Interruption,
+    policy: AgentLossPolicy,
+    notice_after: usize,
+) -> Interrupted {
     let target = target().await;
     let controller = TestController::start(true).await;
     let cancel = CancellationToken::new();
     let fake = imds::start().await;
+    let leave = LeaveRequest {
+        requested: CancellationToken::new(),
+        drain: Duration::from_millis(300),
+    };
     let mut agents = Vec::new();
     for i in 1..=3 {
         let mut cfg = controller.agent_config(&format!("agent-{i}"));
-        if i == 2 {
+        if i == 2 && how == Interruption::SpotNotice {
             cfg.spot = Some(spot_watch(&fake.url));
         }
-        agents.push(spawn_agent(cfg, &cancel));
+        if i == 2 && how == Interruption::AskedToLeave {
+            let run =
+                punisher_agent::run_until_asked_to_leave(cfg, leave.clone(), cancel.child_token());
+            agents.push(tokio::spawn(run));
+        } else {
+            agents.push(spawn_agent(cfg, &cancel));
+        }
     }
     let mut client = controller.client().await;
     let mut submission = submission(SESSION_SCRIPT, api_env(&target), 3);
@@ -79,7 +107,10 @@ async fn interrupted_run(policy: AgentLossPolicy, notice_after: usize) -> Interr
         async move { n >= notice_after }
     })
     .await;
-    fake.state.lock().unwrap().notice = Some(imds::NOTICE.into());
+    match how {
+        Interruption::SpotNotice => fake.state.lock().unwrap().notice = Some(imds::NOTICE.into()),
+        Interruption::AskedToLeave => leave.requested.cancel(),
+    }
 
     let views = follow(&mut client, &run_id, Duration::from_secs(60)).await;
     let last = views.last().unwrap().clone();
@@ -179,6 +210,36 @@ async fn spot_notice_reassigns_unstarted_users_exactly_once() {
     // Users started by all three: agent-2's before it left, and the others' own and the
     // ones they took over.
     assert_eq!(last.arrived_users, USERS, "{:?}", last.agents);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_asked_to_leave_hands_over_its_unstarted_users_like_on_a_spot_notice() {
+    let _serial = crate::serial().await;
+    let Interrupted {
+        last,
+        ids,
+        exit,
+        info,
+        ..
+    } = interrupted_run_by(Interruption::AskedToLeave, AgentLossPolicy::Reassign, 15).await;
+    assert_eq!(exit, AgentExit::AskedToLeave);
+    assert_eq!(last.state, RunState::Finished, "{:?}", last.messages);
+    assert_eq!(last.exit_code, Some(0), "{:?}", last.messages);
+    // Every user exactly once.
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=USERS).collect::<Vec<_>>());
+    let loss = agent_loss(&last);
+    assert_eq!(loss.agent, "agent-2");
+    assert!(loss.reason.contains("asked to leave"), "{loss:?}");
+    assert!(loss.reassigned_users > 0, "{loss:?}");
+    assert_eq!(info.agent_losses, [loss.to_window()]);
+    let agent_2 = last
+        .agents
+        .iter()
+        .find(|a| a.agent_id == "agent-2")
+        .unwrap();
+    assert_eq!(agent_2.state, AgentState::Left);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,9 +153,15 @@ pub struct AgentArgs {
     /// How often to look for a spot notice.
     #[arg(long, hide = true, default_value = "5s", value_name = "DURATION")]
     pub imds_interval: String,
-    /// After a spot notice, running users get this long to finish (EC2 gives two minutes).
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
-    pub spot_drain: String,
+    /// After a spot notice or the first SIGTERM, running users get this long to finish
+    /// (EC2 gives two minutes, Kubernetes 30 s by default); a second SIGTERM stops at once.
+    #[arg(
+        long = "drain",
+        alias = "spot-drain",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub drain: String,
 }
 
 #[derive(Debug, Args)]
@@ -308,7 +314,12 @@ pub async fn controller(args: ControllerArgs, shutdown: CancellationToken) -> Re
 
 /// `punisher agent`: joins the controller and runs what it is given until `shutdown`, its
 /// TTL, or a refusal (exit 2: wrong token, fingerprint or version).
-pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, Failure> {
+/// `punisher agent`: leaves cleanly once `leave` is cancelled, stops at once on `cancel`.
+pub async fn agent(
+    args: AgentArgs,
+    leave: CancellationToken,
+    cancel: CancellationToken,
+) -> Result<u8, Failure> {
     let conn = args.conn.client_config()?;
     let source_pool = args
         .source_ips
@@ -320,7 +331,8 @@ pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, F
     if args.workers == Some(0) {
         return Err(Failure::invalid(anyhow!("--workers must be at least 1")));
     }
-    let spot = spot_watch(&args)?;
+    let drain = duration_flag("--drain", &args.drain)?;
+    let spot = spot_watch(&args, drain)?;
     let cfg = AgentConfig {
         controller: conn.controller,
         token: conn.token,
@@ -342,7 +354,11 @@ pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, F
             instance_id: args.instance_id,
         },
     };
-    match punisher_agent::run(cfg, shutdown).await {
+    let leave = punisher_agent::LeaveRequest {
+        requested: leave,
+        drain,
+    };
+    match punisher_agent::run_until_asked_to_leave(cfg, leave, cancel).await {
         Ok(exit) => {
             eprintln!("agent exiting: {exit:?}");
             Ok(exit::PASSED)
@@ -355,7 +371,10 @@ pub async fn agent(args: AgentArgs, shutdown: CancellationToken) -> Result<u8, F
 /// Spot notices are watched with `--imds-url` (tests), `--spot`, or on EC2 (an instance id
 /// is known: the bootstrap read it from the same metadata service); never otherwise, so
 /// that an agent on a laptop does not poll 169.254.169.254.
-fn spot_watch(args: &AgentArgs) -> Result<Option<punisher_agent::SpotWatch>, Failure> {
+fn spot_watch(
+    args: &AgentArgs,
+    drain: Duration,
+) -> Result<Option<punisher_agent::SpotWatch>, Failure> {
     let imds_url = match &args.imds_url {
         Some(url) => url.clone(),
         None if args.spot || !args.instance_id.is_empty() => {
@@ -366,7 +385,7 @@ fn spot_watch(args: &AgentArgs) -> Result<Option<punisher_agent::SpotWatch>, Fai
     Ok(Some(punisher_agent::SpotWatch {
         imds_url,
         interval: duration_flag("--imds-interval", &args.imds_interval)?,
-        drain: duration_flag("--spot-drain", &args.spot_drain)?,
+        drain,
     }))
 }
 

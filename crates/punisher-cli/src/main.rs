@@ -78,7 +78,10 @@ async fn dispatch(command: Command) -> Result<u8, Failure> {
             })
         }
         Command::Controller(args) => punisher_cli::cluster::controller(args, ctrl_c_token()).await,
-        Command::Agent(args) => punisher_cli::cluster::agent(args, ctrl_c_token()).await,
+        Command::Agent(args) => {
+            let (leave, cancel) = agent_shutdown();
+            punisher_cli::cluster::agent(args, leave, cancel).await
+        }
         Command::Ctl(args) => punisher_cli::cluster::ctl(args).await,
         Command::Cluster(command) => punisher_cli::cluster_aws::cluster(command).await,
         Command::Target(args) => {
@@ -99,6 +102,31 @@ fn ctrl_c_token() -> CancellationToken {
         }
     });
     token
+}
+
+/// `punisher agent`'s two tokens: leave cleanly, then stop at once. A standalone agent
+/// leaves on its first SIGTERM or Ctrl-C as on a spot notice (drain, final report, Goodbye:
+/// the controller hands its unstarted users to the other agents; an instance shutting down
+/// at its TTL or an evicted pod gets SIGTERM) and stops at once on the second. A local run's
+/// child agent stops at once: its parent, and the controller with it, is ending.
+fn agent_shutdown() -> (CancellationToken, CancellationToken) {
+    if std::env::var_os(punisher_cli::local::EXIT_WITH_PARENT_ENV).is_some() {
+        return (CancellationToken::new(), ctrl_c_token());
+    }
+    let (leave, cancel) = (CancellationToken::new(), CancellationToken::new());
+    let mut interrupts = count_interrupts();
+    let (first, second) = (leave.clone(), cancel.clone());
+    tokio::spawn(async move {
+        while interrupts.changed().await.is_ok() {
+            let n = *interrupts.borrow_and_update();
+            first.cancel();
+            if n >= 2 {
+                second.cancel();
+                return;
+            }
+        }
+    });
+    (leave, cancel)
 }
 
 /// Counts SIGINT/SIGTERM: the run stops gracefully on the first and aborts on the second.

@@ -341,6 +341,56 @@ async fn killed_agent_is_lost_within_3s_and_its_reported_data_is_kept() {
     );
 }
 
+/// SIGTERM to one agent mid-ramp (an instance shutting down, a pod evicted): it leaves as on
+/// a spot notice and exits 0, the run reassigns the users it had not started, and every
+/// user ran exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_makes_an_agent_leave_and_hand_over_its_users() {
+    let rec = Recorder::start().await;
+    let mut cluster = Cluster::with_agents(3).await;
+    let users = 45;
+    let script = scenario(
+        cluster.dir.path(),
+        "arrivals.js",
+        &format!(
+            r#"
+        import http from 'punisher/http';
+        import {{ sleep, vu }} from 'punisher';
+        export const options = {{ users: {users}, rampUp: '6s' }};
+        export default async function () {{
+          await http.get(`${{__ENV.REC}}/hit?vu=${{vu.idInTest}}`);
+          await sleep(1);
+        }}
+        "#
+        ),
+    );
+    let mut run = cluster.submit(&script, 3, &["-e", &format!("REC={}", rec.url)]);
+    rec.until("a third of the users", Duration::from_secs(60), |hits| {
+        hits.len() >= users / 3
+    })
+    .await;
+    cluster.agents[1].terminate();
+    let status = cluster.agents[1].exit(Duration::from_secs(30)).await;
+    let agent_log = cluster.agents[1].log();
+    assert!(status.success(), "{status:?}:\n{agent_log}");
+    assert!(agent_log.contains("AskedToLeave"), "{agent_log}");
+    let out = run.finish(RUN_LIMIT).await;
+    assert_eq!(out.code, 0, "{}", out.log);
+    assert!(
+        out.log
+            .contains("agent a2 left (asked to leave: shutting down)"),
+        "the run does not say a2 left:\n{}",
+        out.log
+    );
+    let mut vus: Vec<u64> = rec.hits().iter().filter_map(|h| h.vu).collect();
+    vus.sort_unstable();
+    assert_eq!(
+        vus,
+        (1..=users as u64).collect::<Vec<_>>(),
+        "users lost or doubled"
+    );
+}
+
 fn merged_seconds(status: &str) -> u64 {
     status
         .lines()

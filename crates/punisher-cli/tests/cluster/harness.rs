@@ -198,6 +198,13 @@ impl Proc {
         let _ = timeout(Duration::from_secs(10), self.child.wait()).await;
     }
 
+    /// SIGTERM, as systemd or Kubernetes stop a process; does not wait.
+    pub(crate) fn terminate(&self) {
+        let pid = self.child.id().expect("the process was already reaped");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+
     /// `Some(status)` once it exited.
     pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
