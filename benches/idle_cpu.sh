@@ -1,25 +1,34 @@
 #!/usr/bin/env bash
 # CPU per connected idle Socket.IO viewer, each side (benches/RESULTS.md, "Idle cost per
-# connected viewer"). N users of transport T connect over 10 s to `punisher target
-# --processes 2` on 127.0.0.1 (loopback only), hold, and the CPU of the target, the run and
-# its agents is measured over 30 s of idle, with machine busy cores and new TCP connections.
+# connected viewer"). N users of transport T connect over RAMP (10 s) to `punisher target
+# --processes TPROCS` (2) on 127.0.0.1 (loopback only) from AGENTS (2) agent processes,
+# hold, and the CPU of the target, the run and its agents is measured over 30 s of idle
+# from IDLE_AT (25 s), with machine busy cores and new TCP connections.
 # Bounded: the users leave after HOLD seconds (default 80) and everything is stopped.
 #   N=10000 T=polling BIN=target/release/punisher bash benches/idle_cpu.sh
+#   N=100000 TPROCS=6 AGENTS=6 RAMP=60s IDLE_AT=80 HOLD=120 bash benches/idle_cpu.sh
 # EXTRA=timers|http|all adds what a waiting tv_show viewer holds (see the scenario).
 set -euo pipefail
 N=${N:-10000}; T=${T:-websocket}; HOLD=${HOLD:-80}; PORT=${PORT:-9100}
+TPROCS=${TPROCS:-2}; AGENTS=${AGENTS:-2}; RAMP=${RAMP:-10s}
 BIN=${BIN:-target/release/punisher}; SCENARIO="$(dirname "$0")/scenarios/idle_sockets.js"
 OUT=$(mktemp -d /tmp/idle-cpu-XXXX)
-"$BIN" target --listen 127.0.0.1:$PORT --processes 2 > "$OUT/target.log" 2>&1 &
+"$BIN" target --listen 127.0.0.1:$PORT --processes "$TPROCS" > "$OUT/target.log" 2>&1 &
 TP=$!
 trap 'kill $TP 2>/dev/null || true; wait $TP 2>/dev/null || true' EXIT
-# Both listeners up before anyone connects (bounded: 20 s).
+# Every listener up before anyone connects (bounded: 20 s).
+API=""
+for i in $(seq 0 $((TPROCS - 1))); do API="$API${API:+,}http://127.0.0.1:$((PORT + i))"; done
 for _ in $(seq 1 200); do
-  curl -sf "http://127.0.0.1:$PORT/admin/stats" >/dev/null && curl -sf "http://127.0.0.1:$((PORT + 1))/admin/stats" >/dev/null && break
+  up=0
+  for i in $(seq 0 $((TPROCS - 1))); do
+    curl -sf "http://127.0.0.1:$((PORT + i))/admin/stats" >/dev/null && up=$((up + 1))
+  done
+  [ "$up" = "$TPROCS" ] && break
   sleep 0.1
 done
-"$BIN" run "$SCENARIO" --users "$N" --ramp-up 10s --agents 2 --no-tui --no-results \
-  -e API=http://127.0.0.1:$PORT,http://127.0.0.1:$((PORT + 1)) -e TRANSPORT="$T" -e HOLD="$HOLD" -e EXTRA="${EXTRA:-}" \
+"$BIN" run "$SCENARIO" --users "$N" --ramp-up "$RAMP" --agents "$AGENTS" --no-tui --no-results \
+  -e API="$API" -e TRANSPORT="$T" -e HOLD="$HOLD" -e EXTRA="${EXTRA:-}" \
   > "$OUT/run.log" 2>&1 &
 RP=$!
 sleep "${IDLE_AT:-25}"
