@@ -43,6 +43,9 @@ snap > "$OUT/cpu0"; date +%s.%N > "$OUT/t0"; head -1 /proc/stat > "$OUT/stat0"
 sleep 30
 snap > "$OUT/cpu1"; date +%s.%N > "$OUT/t1"; head -1 /proc/stat > "$OUT/stat1"
 nstat > "$OUT/nstat" 2>/dev/null || true
+# Sockets whose peer closed and we did not (an idle pooled HTTP connection after the
+# target's keep-alive timeout): a file and kernel memory each.
+{ ss -tan state close-wait 2>/dev/null || true; } | tail -n +2 | wc -l > "$OUT/close_wait"
 curl -s "http://127.0.0.1:$PORT/admin/stats" > "$OUT/stats.json" || true
 wait $RP || true
 python3 - "$OUT" "$N" "$T" <<'PY'
@@ -64,5 +67,6 @@ raw = open(o + '/stats.json').read()
 stats = json.loads(raw).get('sockets', {}) if raw else {}
 print(f"{n} {t} idle: " + ' '.join(f"{k} {v:.3f}" for k, v in sorted(roles.items()))
       + f" | machine busy {busy:.3f} cores | new TCP conn/s {nst.get('TcpActiveOpens', 0) / secs:.0f}"
-      + f" | TCP segments in/s {nst.get('TcpInSegs', 0) / secs:.0f} | connected {stats.get('connected_now')}")
+      + f" | TCP segments in/s {nst.get('TcpInSegs', 0) / secs:.0f} | connected {stats.get('connected_now')}"
+      + f" | CLOSE-WAIT sockets {open(o + '/close_wait').read().strip()}")
 PY

@@ -301,6 +301,23 @@ impl State {
         self.barriers.depart(&names);
     }
 
+    /// Closes the idle keep-alive connections that their server already closed, the
+    /// users' and the worker pool's; returns how many (see `HttpClient::close_dead_idle`).
+    pub(crate) fn close_dead_http(&self) -> usize {
+        let Some(env) = &self.http else {
+            return 0;
+        };
+        let users: usize = self
+            .vus
+            .borrow()
+            .slots
+            .iter()
+            .filter_map(|(_, vu)| vu.as_ref()?.http.as_ref())
+            .map(|client| client.close_dead_idle())
+            .sum();
+        users + env.shared.close_dead_idle()
+    }
+
     /// The user's HTTP client, made on first use.
     pub(crate) fn client_for(&self, key: Option<VuKey>) -> Option<Rc<HttpClient>> {
         let env = self.http.as_ref()?;

@@ -660,8 +660,22 @@ async fn arrival_rate(sched: &Rc<Sched>, executor: &Executor, pre_allocated: u64
     }
 }
 
+/// Every this many reports, idle HTTP connections closed by their server are closed here too.
+const CLOSE_DEAD_HTTP_EVERY: u64 = 5;
+
 async fn report_loop(sched: Rc<Sched>, reports: mpsc::Sender<WorkerReport>) {
-    loop {
+    for n in 1u64.. {
+        if n % CLOSE_DEAD_HTTP_EVERY == 0 {
+            // Unconstrained: each readiness check spends tokio's cooperative budget (128
+            // per task poll), after which every connection would look alive.
+            let closed = tokio::task::unconstrained(async { sched.state.close_dead_http() }).await;
+            if closed > 0 {
+                tracing::trace!(
+                    closed,
+                    "closed idle HTTP connections their server had closed"
+                );
+            }
+        }
         let now_ms = unix_ms();
         let next_ms = (now_ms / 1000 + 1) * 1000;
         let due = Instant::now() + Duration::from_millis(next_ms - now_ms);

@@ -78,6 +78,12 @@ impl HttpShared {
     pub fn config(&self) -> &HttpConfig {
         &self.config
     }
+
+    /// Closes the worker pool's idle connections that their server closed (see
+    /// [`HttpClient::close_dead_idle`]); returns how many.
+    pub fn close_dead_idle(&self) -> usize {
+        self.pool.close_dead()
+    }
 }
 
 /// One virtual user's HTTP client: its cookie jar and its keep-alive connections, which are
@@ -111,6 +117,16 @@ impl HttpClient {
             share_connections,
             idle: Pool::new(MAX_IDLE_PER_USER),
         }
+    }
+
+    /// Closes this user's idle keep-alive connections that their server already closed
+    /// (its keep-alive timeout passed), instead of holding them until the next request;
+    /// returns how many. Cheap enough to call every few seconds for every user: a
+    /// connection with nothing to read costs no syscall. Sweeping many clients at once,
+    /// run it under `tokio::task::unconstrained`: each check spends tokio's cooperative
+    /// budget (128 per task poll), after which connections look alive.
+    pub fn close_dead_idle(&self) -> usize {
+        self.idle.close_dead()
     }
 
     /// The worker state this client was built with.

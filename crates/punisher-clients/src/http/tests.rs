@@ -588,6 +588,70 @@ async fn open_connections_are_counted_until_closed() {
 }
 
 #[tokio::test]
+async fn idle_connections_the_server_closed_are_closed_by_a_sweep() {
+    // One server keeps its connections; the other closes each after answering (as a
+    // keep-alive timeout would, later), without saying so.
+    let keeps = serve(|_| ok("ok")).await;
+    let closes = serve(|s| Reply::SendClose(ok_bytes(s.path()))).await;
+    let gauge = crate::net::OpenGauge::new();
+    let mut cfg = config();
+    cfg.open_connections = Some(gauge.clone());
+    let c = client_with(cfg);
+    assert_eq!(c.request(Request::get(keeps.url("/"))).await.status, 200);
+    assert_eq!(c.request(Request::get(closes.url("/"))).await.status, 200);
+    closes.closed.notified().await;
+    assert_eq!(c.idle_len(), 2);
+    assert_eq!(gauge.get(), 2);
+    // The server's FIN reaches the reactor on one of its next turns: sweep until then.
+    let mut closed = 0;
+    for _ in 0..500 {
+        closed = c.close_dead_idle();
+        if closed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        closed, 1,
+        "the connection the server closed is still pooled"
+    );
+    assert_eq!(c.idle_len(), 1);
+    assert_eq!(gauge.get(), 1, "the closed connection still counts as open");
+    // The live one survives sweeps and is reused.
+    for _ in 0..3 {
+        assert_eq!(c.close_dead_idle(), 0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        c.request(Request::get(keeps.url("/again"))).await.status,
+        200
+    );
+    assert_eq!(keeps.conns(), 1);
+}
+
+#[tokio::test]
+async fn one_unconstrained_sweep_closes_every_dead_connection() {
+    // More users than tokio's cooperative budget (128 checks per task poll).
+    let closes = serve(|s| Reply::SendClose(ok_bytes(s.path()))).await;
+    let shared = Arc::new(HttpShared::new(config()).unwrap());
+    let users: Vec<HttpClient> = (0..300)
+        .map(|_| HttpClient::new(shared.clone(), CookieJar::shared(), false))
+        .collect();
+    for u in &users {
+        assert_eq!(u.request(Request::get(closes.url("/"))).await.status, 200);
+    }
+    let sweep = || users.iter().map(HttpClient::close_dead_idle).sum::<usize>();
+    // The server shut each connection right after its answer; a pause lets the reactor
+    // take in every FIN. Then one sweep closes all of them.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let closed = tokio::task::unconstrained(async { sweep() }).await;
+    let later = tokio::task::unconstrained(async { sweep() }).await;
+    assert_eq!(closed, 300, "one sweep closed {closed}, the next {later}");
+    let left: usize = users.iter().map(HttpClient::idle_len).sum();
+    assert_eq!(left, 0, "{left} dead connections still pooled");
+}
+
+#[tokio::test]
 async fn shared_connections_and_source_pool() {
     let server = serve(|s| ok(&s.peer.ip().to_string())).await;
     let mut cfg = config();
