@@ -630,6 +630,7 @@ impl ViewMapper {
                 .map(|b| core::BarrierView {
                     name: b.name.clone(),
                     arrived: b.arrived,
+                    departed: b.departed,
                     expected: b.expected,
                     released: b.released,
                 })
@@ -1029,6 +1030,7 @@ mod tests {
             barriers: vec![BarrierView {
                 name: "connected".into(),
                 arrived: 60,
+                departed: 5,
                 expected: 100,
                 released: false,
             }],
@@ -1101,7 +1103,7 @@ mod tests {
         assert_eq!(v.agents[0].loop_lag_ms, 3.0);
         assert_eq!(v.agents[1].health, core::AgentHealth::Lost);
         assert_eq!(v.agents[1].last_report_age_ms, 21_000);
-        assert_eq!(v.barriers[0].arrived, 60);
+        assert_eq!((v.barriers[0].arrived, v.barriers[0].departed), (60, 5));
         assert_eq!(v.thresholds[0].observed, Some(50.0));
         let c = &v.charts;
         assert_eq!(c.requests_per_sec, vec![(3.0, 300.0)]);
@@ -1127,7 +1129,7 @@ mod tests {
                 "errors 0.67%",
                 "thresholds: 1 of 2 failing",
                 "✗ p(95)<40",
-                "connected 60/100",
+                "connected 60+5 left/100",
                 "agent agent-2 lost",
                 "threshold http_req_duration p(95)<40 crossed",
                 "socket.io",

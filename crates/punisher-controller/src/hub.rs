@@ -126,6 +126,20 @@ struct Barrier {
     released: bool,
 }
 
+impl Barrier {
+    /// Users settled here over the `counted` agents: (arrived, left the test without
+    /// arriving), given each agent's users that left the test (`departed`). The barrier
+    /// opens when both add up to the expected count; the views show both.
+    fn settled(&self, departed: &HashMap<String, u64>, counted: &[&String]) -> (u64, u64) {
+        counted.iter().fold((0, 0), |(arrived, left), id| {
+            let here = self.arrived.get(*id).copied().unwrap_or(0);
+            let gone = departed.get(*id).copied().unwrap_or(0);
+            let both = self.arrived_then_departed.get(*id).copied().unwrap_or(0);
+            (arrived + here, left + gone.saturating_sub(both))
+        })
+    }
+}
+
 struct Run {
     id: String,
     /// Submitted with `wait_for_start` and no Start command yet: loads, then holds.
@@ -691,16 +705,8 @@ impl Hub {
         let mut released = Vec::new();
         for (name, b) in run.barriers.iter_mut() {
             // Users settled here: arrived, or left the test without arriving.
-            let settled: u64 = counted
-                .iter()
-                .map(|id| {
-                    let arrived = b.arrived.get(*id).copied().unwrap_or(0);
-                    let departed = run.departed.get(*id).copied().unwrap_or(0);
-                    let both = b.arrived_then_departed.get(*id).copied().unwrap_or(0);
-                    (arrived + departed).saturating_sub(both)
-                })
-                .sum();
-            if !b.released && settled >= expected {
+            let (arrived, left) = b.settled(&run.departed, &counted);
+            if !b.released && arrived + left >= expected {
                 b.released = true;
                 released.push(name.clone());
             }
@@ -1684,18 +1690,27 @@ fn adopt_message(run_id: &str, shares: &[(Segment, u64)]) -> Cmd {
     })
 }
 
-/// Each barrier's progress; expected as in [`Hub::check_barriers`]: every user of the test
-/// but those of lost agents.
+/// Each barrier's progress, counted as [`Hub::check_barriers`] counts: over the agents still
+/// in the run, expecting every user of the test but those of lost agents.
 fn barrier_views(run: &Run, agents: &BTreeMap<String, Agent>) -> Vec<v1::BarrierView> {
     let lost_users = crate::loss::lost_users(&run.agents, agents, &run.losses, run.target_users);
     let expected = run.target_users.saturating_sub(lost_users);
+    let counted: Vec<&String> = run
+        .agents
+        .iter()
+        .filter(|id| agents.get(*id).is_some_and(|a| !a.is_gone()))
+        .collect();
     run.barriers
         .iter()
-        .map(|(name, b)| v1::BarrierView {
-            name: name.clone(),
-            arrived: b.arrived.values().sum(),
-            expected,
-            released: b.released,
+        .map(|(name, b)| {
+            let (arrived, departed) = b.settled(&run.departed, &counted);
+            v1::BarrierView {
+                name: name.clone(),
+                arrived,
+                expected,
+                released: b.released,
+                departed,
+            }
         })
         .collect()
 }
@@ -1781,4 +1796,26 @@ fn agent_infos(run: &Run, agents: &BTreeMap<String, Agent>) -> Vec<AgentInfo> {
             .to_owned(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_barrier_counts_arrivals_and_users_that_left_without_arriving() {
+        let (a, b, lost) = ("a".to_owned(), "b".to_owned(), "lost".to_owned());
+        let mut barrier = Barrier::default();
+        barrier.arrived.insert(a.clone(), 40);
+        barrier.arrived.insert(b.clone(), 30);
+        barrier.arrived.insert(lost.clone(), 25);
+        // Of agent a's 7 users that left the test, 2 had arrived here first.
+        barrier.arrived_then_departed.insert(a.clone(), 2);
+        let departed = HashMap::from([(a.clone(), 7), (b.clone(), 1), (lost.clone(), 9)]);
+        // The lost agent is not counted: its users are out of the expected count too.
+        assert_eq!(barrier.settled(&departed, &[&a, &b]), (70, 6));
+        // Counts arrive out of step (cumulative maxima): never fewer than none left.
+        barrier.arrived_then_departed.insert(b.clone(), 3);
+        assert_eq!(barrier.settled(&departed, &[&a, &b]), (70, 5));
+    }
 }

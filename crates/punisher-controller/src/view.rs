@@ -161,7 +161,11 @@ pub struct ThresholdView {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BarrierView {
     pub name: String,
+    /// Users that reached it, on the agents still in the run.
     pub arrived: u64,
+    /// Users that left the test without reaching it: it opens at `arrived + departed ==
+    /// expected`.
+    pub departed: u64,
     /// Every user of the test but those of lost agents.
     pub expected: u64,
     pub released: bool,
@@ -264,6 +268,7 @@ impl TryFrom<&v1::RunView> for RunView {
                 .map(|b| BarrierView {
                     name: b.name.clone(),
                     arrived: b.arrived,
+                    departed: b.departed,
                     expected: b.expected,
                     released: b.released,
                 })

@@ -80,6 +80,9 @@ pub struct AgentRow {
 pub struct BarrierView {
     pub name: String,
     pub arrived: u64,
+    /// Users that left the test without reaching it (the barrier does not wait for them).
+    #[serde(default)]
+    pub departed: u64,
     pub expected: u64,
     pub released: bool,
 }

@@ -134,6 +134,7 @@ impl Simulation {
             barriers: vec![BarrierView {
                 name: "connected".into(),
                 arrived: 0,
+                departed: 0,
                 expected: 2000,
                 released: false,
             }],

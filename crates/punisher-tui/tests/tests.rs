@@ -81,6 +81,20 @@ fn the_lost_agent_row_says_lost() {
 }
 
 #[test]
+fn barrier_gauge_counts_users_that_left_without_arriving() {
+    let mut view = fixture();
+    view.barriers[0].arrived = 1400;
+    view.barriers[0].departed = 60;
+    let s = screen(&app(view.clone()), 120, 40);
+    // 1,460 of 1,500 settled: the gauge says so, and says who left.
+    assert_contains(&s, &["connected 1400+60 left/1500 97%"]);
+    view.barriers[0].departed = 100;
+    view.barriers[0].released = true;
+    let s = screen(&app(view), 120, 40);
+    assert_contains(&s, &["connected released 1400+100 left/1500"]);
+}
+
+#[test]
 fn medium_screen_puts_tables_before_sparklines() {
     let s = screen(&app(fixture()), 80, 24);
     assert_contains(

@@ -95,8 +95,9 @@ fn chips(view: &RunView, compact: bool) -> Vec<Vec<Span<'static>>> {
         .filter(|_| compact)
     {
         chips.push(vec![Span::raw(format!(
-            "barrier {} {}/{}",
-            b.name, b.arrived, b.expected
+            "barrier {} {}",
+            b.name,
+            super::panels::barrier_count(b)
         ))]);
     }
     chips

@@ -1,6 +1,6 @@
 //! The small panels: thresholds (failing first), barrier gauges and the log pane.
 
-use punisher_core::view::{LogLevel, RunView};
+use punisher_core::view::{BarrierView, LogLevel, RunView};
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -78,7 +78,18 @@ pub(super) fn thresholds(area: Rect, buf: &mut Buffer, view: &RunView) {
         .render(area, buf);
 }
 
-/// One gauge line per barrier: `connected ━━━━━━──── 750/1500`.
+/// `750/1500`, or `750+20 left/1500` when users left the test without reaching it: the
+/// barrier opens when both add up to the expected count.
+pub(super) fn barrier_count(b: &BarrierView) -> String {
+    if b.departed == 0 {
+        format!("{}/{}", b.arrived, b.expected)
+    } else {
+        format!("{}+{} left/{}", b.arrived, b.departed, b.expected)
+    }
+}
+
+/// One gauge line per barrier: `connected ━━━━━━──── 750/1500`; users that left the test
+/// without reaching it fill the gauge too, since the barrier no longer waits for them.
 pub(super) fn barriers(area: Rect, buf: &mut Buffer, view: &RunView) {
     let block = Block::bordered().title(" barriers ");
     let inner = block.inner(area);
@@ -88,17 +99,17 @@ pub(super) fn barriers(area: Rect, buf: &mut Buffer, view: &RunView) {
         let ratio = if b.expected == 0 {
             0.0
         } else {
-            (b.arrived as f64 / b.expected as f64).clamp(0.0, 1.0)
+            ((b.arrived + b.departed) as f64 / b.expected as f64).clamp(0.0, 1.0)
         };
         let (label, color) = if b.released {
             (
-                format!("{} released {}/{}", b.name, b.arrived, b.expected),
+                format!("{} released {}", b.name, barrier_count(b)),
                 Color::Green,
             )
         } else {
             let percent = (ratio * 100.0).floor();
             (
-                format!("{} {}/{} {percent:.0}%", b.name, b.arrived, b.expected),
+                format!("{} {} {percent:.0}%", b.name, barrier_count(b)),
                 Color::Cyan,
             )
         };

@@ -120,6 +120,7 @@ pub(crate) fn fixture() -> RunView {
         barriers: vec![BarrierView {
             name: "connected".into(),
             arrived: 750,
+            departed: 0,
             expected: 1500,
             released: false,
         }],
