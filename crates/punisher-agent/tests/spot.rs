@@ -143,6 +143,22 @@ async fn interrupted_run_by(
     }
 }
 
+/// The run passed, and every user 1..=USERS hit the target exactly once: none lost, none
+/// doubled.
+fn assert_passed_with_every_user_once(last: &punisher_controller::RunView, ids: &[u64]) {
+    assert_eq!(last.state, RunState::Finished, "{:?}", last.messages);
+    assert_eq!(last.exit_code, Some(0), "{:?}", last.messages);
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for id in ids {
+        *counts.entry(*id).or_default() += 1;
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "users that ran twice: {doubled:?}");
+    let missing: Vec<u64> = (1..=USERS).filter(|k| !counts.contains_key(k)).collect();
+    assert!(missing.is_empty(), "users that never ran: {missing:?}");
+    assert_eq!(ids.len() as u64, USERS);
+}
+
 fn agent_loss(view: &punisher_controller::RunView) -> AgentLoss {
     let losses: Vec<AgentLoss> = view
         .messages
@@ -164,19 +180,7 @@ async fn spot_notice_reassigns_unstarted_users_exactly_once() {
         report,
     } = interrupted_run(AgentLossPolicy::Reassign, 15).await;
     assert_eq!(exit, AgentExit::SpotInterruption);
-    assert_eq!(last.state, RunState::Finished, "{:?}", last.messages);
-    assert_eq!(last.exit_code, Some(0), "{:?}", last.messages);
-
-    // Every user 1..=60 hit the target exactly once: none lost, none doubled.
-    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-    for id in &ids {
-        *counts.entry(*id).or_default() += 1;
-    }
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "users that ran twice: {doubled:?}");
-    let missing: Vec<u64> = (1..=USERS).filter(|k| !counts.contains_key(k)).collect();
-    assert!(missing.is_empty(), "users that never ran: {missing:?}");
-    assert_eq!(ids.len() as u64, USERS);
+    assert_passed_with_every_user_once(&last, &ids);
 
     // The run's messages mark the departure, with the window and who took over.
     let loss = agent_loss(&last);
@@ -223,12 +227,7 @@ async fn an_agent_asked_to_leave_hands_over_its_unstarted_users_like_on_a_spot_n
         ..
     } = interrupted_run_by(Interruption::AskedToLeave, AgentLossPolicy::Reassign, 15).await;
     assert_eq!(exit, AgentExit::AskedToLeave);
-    assert_eq!(last.state, RunState::Finished, "{:?}", last.messages);
-    assert_eq!(last.exit_code, Some(0), "{:?}", last.messages);
-    // Every user exactly once.
-    let mut sorted = ids.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, (1..=USERS).collect::<Vec<_>>());
+    assert_passed_with_every_user_once(&last, &ids);
     let loss = agent_loss(&last);
     assert_eq!(loss.agent, "agent-2");
     assert!(loss.reason.contains("asked to leave"), "{loss:?}");
