@@ -8,12 +8,14 @@
 #   N=10000 T=polling BIN=target/release/punisher bash benches/idle_cpu.sh
 #   N=100000 TPROCS=6 AGENTS=6 RAMP=60s IDLE_AT=80 HOLD=120 bash benches/idle_cpu.sh
 # EXTRA=timers|http|all adds what a waiting tv_show viewer holds (see the scenario).
+# GRID=100ms passes --heartbeat-grid to the target (Engine.IO pings on a shared grid).
 set -euo pipefail
 N=${N:-10000}; T=${T:-websocket}; HOLD=${HOLD:-80}; PORT=${PORT:-9100}
 TPROCS=${TPROCS:-2}; AGENTS=${AGENTS:-2}; RAMP=${RAMP:-10s}
 BIN=${BIN:-target/release/punisher}; SCENARIO="$(dirname "$0")/scenarios/idle_sockets.js"
 OUT=$(mktemp -d /tmp/idle-cpu-XXXX)
-"$BIN" target --listen 127.0.0.1:$PORT --processes "$TPROCS" > "$OUT/target.log" 2>&1 &
+"$BIN" target --listen 127.0.0.1:$PORT --processes "$TPROCS" ${GRID:+--heartbeat-grid "$GRID"} \
+  > "$OUT/target.log" 2>&1 &
 TP=$!
 trap 'kill $TP 2>/dev/null || true; wait $TP 2>/dev/null || true' EXIT
 # Every listener up before anyone connects (bounded: 20 s).

@@ -392,6 +392,8 @@ def main():
     ap.add_argument("--target-processes", type=int, help=f"default: users x 1.3 / {FDS_PER_PROCESS}")
     ap.add_argument("--keep-alive", default="5s",
                     help="the target closes HTTP connections idle this long (default 5s, node's keepAliveTimeout)")
+    ap.add_argument("--heartbeat-grid",
+                    help="the target's --heartbeat-grid (Engine.IO pings on a shared grid; default: the target's)")
     ap.add_argument("--generator", choices=["auto", "local", "cluster"], default="auto")
     ap.add_argument("--agents", type=int, help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS})")
     ap.add_argument("--punisher", default=str(PUNISHER))
@@ -435,6 +437,8 @@ def main():
         urls = [f"http://127.0.0.1:{base + i}" for i in range(tprocs)]
         target_cmd = [str(punisher), "target", "--listen", f"127.0.0.1:{base}", "--processes", str(tprocs),
                       "--keep-alive-timeout", args.keep_alive]
+        if args.heartbeat_grid is not None:
+            target_cmd += ["--heartbeat-grid", args.heartbeat_grid]
         report["target_command"] = " ".join(target_cmd)
         target = start(target_cmd, open(work / "target.log", "w"))
         for i in range(tprocs):

@@ -177,6 +177,11 @@ pub struct TargetArgs {
     /// are not concerned) [default: 15s].
     #[arg(long, value_name = "DURATION")]
     pub keep_alive_timeout: Option<String>,
+    /// Send the Engine.IO pings of all sockets on multiples of this period of the wall
+    /// clock, so that the target and the clients wake once per period instead of once per
+    /// ping (0 = each socket on its own phase, as socketioxide and node do) [default: 100ms].
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_grid: Option<String>,
     /// The other processes of a multi-process target (set by --processes).
     #[arg(long, hide = true, value_delimiter = ',')]
     pub peers: Vec<std::net::SocketAddr>,

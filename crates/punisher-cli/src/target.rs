@@ -25,6 +25,11 @@ pub async fn serve(args: TargetArgs, shutdown: CancellationToken) -> Result<(), 
             .context("--keep-alive-timeout")
             .map_err(Failure::invalid)?;
     }
+    if let Some(grid) = &args.heartbeat_grid {
+        cfg.heartbeat_grid = punisher_core::parse_duration(grid)
+            .context("--heartbeat-grid")
+            .map_err(Failure::invalid)?;
+    }
     cfg.error_rate = args.error_rate;
     cfg.validate().map_err(Failure::invalid)?;
     if args.processes == 0 || args.processes > MAX_PROCESSES {
@@ -112,6 +117,9 @@ fn spawn_child(
     }
     if let Some(keep_alive) = &args.keep_alive_timeout {
         cmd.arg("--keep-alive-timeout").arg(keep_alive);
+    }
+    if let Some(grid) = &args.heartbeat_grid {
+        cmd.arg("--heartbeat-grid").arg(grid);
     }
     cmd.spawn()
         .with_context(|| format!("cannot start the target process for {addr}"))

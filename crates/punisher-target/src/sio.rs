@@ -25,8 +25,9 @@ use crate::Shared;
 use crate::sessions::{VoteOutcome, session_from_headers};
 use crate::stats::inc;
 
-/// Engine.IO heartbeat, as node's socket.io defaults.
-const PING_INTERVAL: Duration = Duration::from_secs(25);
+/// Engine.IO heartbeat, as node's socket.io defaults (the interval is
+/// [`TargetConfig::ping_interval`](crate::TargetConfig::ping_interval)'s default).
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(25);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// node's maxHttpBufferSize (socketioxide's default is 100 kB).
 const MAX_PAYLOAD: u64 = 1_000_000;
@@ -87,7 +88,7 @@ impl PollingSockets {
 pub(crate) fn build(shared: Arc<Shared>) -> (socketioxide::layer::SocketIoLayer, SocketIo) {
     let (layer, io) = SocketIo::builder()
         .req_path(SOCKETIO_PATH)
-        .ping_interval(PING_INTERVAL)
+        .ping_interval(shared.cfg.ping_interval)
         .ping_timeout(PING_TIMEOUT)
         .max_payload(MAX_PAYLOAD)
         .ws_read_buffer_size(WS_READ_BUFFER)

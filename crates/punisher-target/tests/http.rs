@@ -317,6 +317,20 @@ fn config_validation() {
     cfg.error_rate = 0.1;
     cfg.ts_field = "id".into();
     assert!(cfg.validate().is_err());
+    cfg.ts_field = "ts".into();
+    cfg.heartbeat_grid = Duration::from_millis(100);
+    assert!(cfg.validate().is_ok());
+    cfg.heartbeat_grid = Duration::from_secs(3);
+    let refused = cfg.validate().unwrap_err().to_string();
+    assert!(
+        refused.contains("does not divide the ping interval"),
+        "{refused}"
+    );
+    cfg.heartbeat_grid = Duration::from_micros(500);
+    assert!(cfg.validate().is_err(), "a grid under 1 ms would be off");
+    cfg.heartbeat_grid = Duration::ZERO;
+    cfg.ping_interval = Duration::ZERO;
+    assert!(cfg.validate().is_err());
 }
 
 #[test]
