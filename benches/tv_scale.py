@@ -288,8 +288,12 @@ class Sampler(threading.Thread):
         return sum(c for s, c in self.cpu.values() if s == side)
 
 
-def start(cmd, log, env=None):
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=os.setsid)
+def start(cmd, log, env=None, nice=0):
+    def setup():
+        os.setsid()
+        if nice:
+            os.nice(nice)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=setup)
 
 
 def stop(proc, sig=signal.SIGINT, timeout=30):
@@ -394,6 +398,10 @@ def main():
                     help="the target closes HTTP connections idle this long (default 5s, node's keepAliveTimeout)")
     ap.add_argument("--heartbeat-grid",
                     help="the target's --heartbeat-grid (Engine.IO pings on a shared grid; default: the target's)")
+    ap.add_argument("--generator-nice", type=int, default=0,
+                    help="run the generator (run, controller, agents) at this niceness, e.g. 5: on one machine "
+                         "the target stands for a backend on other machines and should not be starved by it "
+                         "(default 0)")
     ap.add_argument("--generator", choices=["auto", "local", "cluster"], default="auto")
     ap.add_argument("--agents", type=int, help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS})")
     ap.add_argument("--punisher", default=str(PUNISHER))
@@ -460,14 +468,15 @@ def main():
         if mode == "cluster":
             port = free_port()
             controller = start([str(punisher), "controller", "--insecure-loopback", "--listen", f"127.0.0.1:{port}",
-                                "--token", token, "--results-dir", str(results)], open(work / "controller.log", "w"))
+                                "--token", token, "--results-dir", str(results)], open(work / "controller.log", "w"),
+                               nice=args.generator_nice)
             wait_port(port, timeout=30)
             sampler.add_gen_root(controller.pid)
             for i in range(agents):
                 a = start([str(punisher), "agent", "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
                            "--token", token, "--workers", "1",
                            "--source-ips", f"127.0.{i + 1}.1-127.0.{i + 1}.254"],
-                          open(work / f"agent{i}.log", "w"))
+                          open(work / f"agent{i}.log", "w"), nice=args.generator_nice)
                 agent_procs.append(a)
                 sampler.add_gen_root(a.pid)
             cmd = [str(punisher), "run", args.scenario, "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
@@ -476,8 +485,9 @@ def main():
         else:
             cmd = [str(punisher), "run", args.scenario, "--agents", str(agents), "--no-tui", *common]
         report["command"] = " ".join(cmd)
+        report["generator_nice"] = args.generator_nice
         t0 = time.time()
-        runner = start(cmd, open(work / "run.log", "w"))
+        runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice)
         sampler.add_gen_root(runner.pid)
 
         def interrupt_run(pid=runner.pid):
