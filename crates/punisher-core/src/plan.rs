@@ -619,6 +619,12 @@ impl Segment {
         end: 1.0,
     };
 
+    /// No share: owns nothing (the host of `setup()` and `teardown()` holds no data rows).
+    pub const EMPTY: Segment = Segment {
+        start: 0.0,
+        end: 0.0,
+    };
+
     /// Whether user or arrival number `k` (0-based, test-wide) belongs to this segment.
     pub fn owns(&self, k: u64) -> bool {
         let x = radical_inverse(k);
@@ -654,6 +660,14 @@ impl Segment {
     pub fn count_below(&self, n: u64) -> u64 {
         (0..n).filter(|k| self.owns(*k)).count() as u64
     }
+
+    /// The numbers among `0..n` this segment owns, in order: the rows of a data file of `n`
+    /// rows that go to this segment's users (`SharedRows` in the scenario API). Row `k`
+    /// belongs where user `k` does, so segments that tile `[0, 1)` share out every row
+    /// exactly once, with no coordination.
+    pub fn owned_below(&self, n: u64) -> impl Iterator<Item = u64> + '_ {
+        (0..n).filter(|k| self.owns(*k))
+    }
 }
 
 /// The base-2 radical inverse of `k`: its bits mirrored behind the binary point.
@@ -668,6 +682,48 @@ mod tests {
 
     fn plan(options: Value) -> Result<Plan, PlanError> {
         Plan::from_options(&options, &Overrides::default())
+    }
+
+    /// Rows (or users) split among agents, and each agent's share among its workers: every
+    /// number belongs to exactly one worker of the cluster, whatever the weights.
+    #[test]
+    fn owned_rows_of_nested_segments_tile_all_rows() {
+        for (agents, workers) in [
+            (vec![1.0], vec![1.0]),
+            (vec![1.0, 1.0, 1.0], vec![1.0, 1.0]),
+            (vec![2.0, 1.0, 4.0], vec![1.0, 3.0, 1.0]),
+            (vec![8.0, 8.0, 2.0, 1.0], vec![1.0; 7]),
+        ] {
+            for n in [0u64, 1, 2, 3, 7, 100, 1000, 1027] {
+                let workers: Vec<Segment> = Segment::FULL
+                    .split(&agents)
+                    .iter()
+                    .flat_map(|a| a.split(&workers))
+                    .collect();
+                let mut owner = vec![None; n as usize];
+                for (w, segment) in workers.iter().enumerate() {
+                    let rows: Vec<u64> = segment.owned_below(n).collect();
+                    assert_eq!(rows.len() as u64, segment.count_below(n));
+                    assert!(rows.windows(2).all(|p| p[0] < p[1]), "in order");
+                    for k in rows {
+                        assert_eq!(owner[k as usize], None, "row {k} of {n} owned twice");
+                        owner[k as usize] = Some(w);
+                    }
+                }
+                assert!(
+                    owner.iter().all(Option::is_some),
+                    "a row of {n} has no owner"
+                );
+                // Shares follow the weights to within a few rows (low discrepancy).
+                if n >= 1000 {
+                    for segment in &workers {
+                        let expected = segment.fraction() * n as f64;
+                        let got = segment.count_below(n) as f64;
+                        assert!((got - expected).abs() <= 12.0, "{got} vs {expected}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub fn inspect(bundle: Bundle, env: &BTreeMap<String, String>) -> Result<Scenari
             env: env.clone(),
             http: None,
             barriers: Arc::new(LocalBarrierHub::new(1)),
+            rows: punisher_core::Segment::FULL,
         },
         0,
         control,
@@ -448,7 +449,14 @@ fn lifecycle_thread(
         .enable_all()
         .build()
         .map_err(|e| RunError::Thread(e.to_string()))?;
-    let host = worker::build_host(0, scenario, cfg, control.clone())?;
+    // setup() and teardown() take no data rows: every row is some user's.
+    let host = worker::build_host(
+        0,
+        scenario,
+        cfg,
+        punisher_core::Segment::EMPTY,
+        control.clone(),
+    )?;
     worker::set_data(&host, data)?;
     let local = tokio::task::LocalSet::new();
     let state = host.state.clone();

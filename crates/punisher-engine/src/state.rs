@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use punisher_clients::cookies::{CookieJar, SharedJar};
 use punisher_clients::http::{HttpClient, HttpShared};
+use punisher_core::Segment;
 use rquickjs::{Constructor, Context, Ctx, Function, Persistent, Value};
 use tokio::sync::{Notify, oneshot};
 
@@ -178,6 +179,8 @@ pub(crate) struct State {
     pub(crate) metrics: RefCell<Metrics>,
     pub(crate) http: Option<HttpEnv>,
     pub(crate) barriers: Arc<dyn BarrierHub>,
+    /// The share of data rows (`SharedRows`) this host owns: its worker's segment.
+    pub(crate) rows: Segment,
     pub(crate) timers: RefCell<HashMap<u32, Timer>>,
     pub(crate) next_timer: Cell<u32>,
     pub(crate) hidden: RefCell<Option<Hidden>>,
@@ -197,6 +200,9 @@ pub(crate) struct StateConfig {
     pub(crate) env: BTreeMap<String, String>,
     pub(crate) http: Option<HttpEnv>,
     pub(crate) barriers: Arc<dyn BarrierHub>,
+    /// Which data rows `SharedRows` gives this host: a worker's segment; none for the
+    /// host of `setup()` and `teardown()`; all for `inspect`.
+    pub(crate) rows: Segment,
 }
 
 impl State {
@@ -215,6 +221,7 @@ impl State {
             metrics: RefCell::new(Metrics::new()),
             http: cfg.http,
             barriers: cfg.barriers,
+            rows: cfg.rows,
             timers: RefCell::new(HashMap::new()),
             next_timer: Cell::new(1),
             hidden: RefCell::new(None),

@@ -54,6 +54,7 @@ pub(crate) fn build_host(
     index: usize,
     scenario: &Scenario,
     cfg: &EngineConfig,
+    rows: Segment,
     control: Arc<Control>,
 ) -> Result<Host, RunError> {
     let plan = &cfg.plan;
@@ -79,6 +80,7 @@ pub(crate) fn build_host(
                 share_connections: plan.http.share_connections,
             }),
             barriers: cfg.barriers.clone(),
+            rows,
         },
         cfg.memory_limit_bytes,
         control,
@@ -125,8 +127,16 @@ pub(crate) fn worker_main(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Resul
             return;
         }
     };
-    let host = build_host(spec.index, &spec.scenario, &spec.cfg, spec.control.clone())
-        .and_then(|host| set_data(&host, &spec.setup_data).map(|()| host));
+    // A worker's data rows are those of its segment (`SharedRows`); shares adopted later
+    // bring users, not rows: a departed agent may have used any of its rows.
+    let host = build_host(
+        spec.index,
+        &spec.scenario,
+        &spec.cfg,
+        spec.cfg.segment,
+        spec.control.clone(),
+    )
+    .and_then(|host| set_data(&host, &spec.setup_data).map(|()| host));
     let host = match host {
         Ok(h) => h,
         Err(e) => {

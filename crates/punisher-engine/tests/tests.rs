@@ -941,3 +941,101 @@ export default async function () {
         .collect();
     assert_eq!(ids, (1..=4).collect());
 }
+
+/// `SharedRows`: each user takes an account with `next()`. Over two engines (two agents)
+/// of 2 and 3 workers, no row goes to two users and every user got one; a worker whose rows
+/// are used up throws a clear error (the iteration fails), and setup() owns no rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_rows_give_each_row_to_one_user_across_workers_and_agents() {
+    let srv = server().await;
+    let mut csv = String::from("name,password\n");
+    for i in 0..60 {
+        csv.push_str(&format!("user{i},pw{i}\n"));
+    }
+    let main = r#"
+import http from 'punisher/http';
+import { SharedRows, parseCSV, vu } from 'punisher';
+const accounts = new SharedRows(parseCSV(open('accounts.csv'), { header: true }));
+export const options = { users: Number(__ENV.USERS), rampUp: '500ms' };
+export function setup() { return { total: accounts.total, owned: accounts.length }; }
+export default async function () {
+  const a = accounts.next();
+  await http.get(`${__ENV.API}/login?u=${a.name}&vu=${vu.idInTest}&left=${accounts.remaining}`);
+}
+"#;
+    let f = Files::new(&[("main.js", main), ("accounts.csv", &csv)]);
+    let mut vars = env(&srv);
+    vars.insert("USERS".into(), "50".into());
+    let s = inspect(Bundle::from_path(&f.path("main.js")).unwrap(), &vars).unwrap();
+    let s = Arc::new(s);
+    // setup() sees the file but owns none of its rows.
+    let data = punisher_engine::run_setup(&s, &config(&s, 1, vars.clone()))
+        .await
+        .unwrap();
+    assert_eq!(data, json!({"total": 60, "owned": 0}));
+
+    let halves = punisher_core::Segment::FULL.split(&[1.0, 1.0]);
+    let mut cfg_a = config(&s, 2, vars.clone());
+    cfg_a.segment = halves[0];
+    let mut cfg_b = config(&s, 3, vars.clone());
+    cfg_b.segment = halves[1];
+    let a = start(s.clone(), cfg_a, json!(null)).unwrap();
+    let b = start(s.clone(), cfg_b, json!(null)).unwrap();
+    let (ta, tb) = tokio::join!(
+        finish(a, Duration::from_secs(20)),
+        finish(b, Duration::from_secs(20))
+    );
+    // Row k goes where user k goes: with at least as many rows as users, no worker of
+    // session users runs out.
+    assert_eq!(
+        count(&ta, "iteration_errors") + count(&tb, "iteration_errors"),
+        0.0
+    );
+    let logins = srv.requests("/login");
+    let names: std::collections::BTreeSet<String> = logins
+        .iter()
+        .map(|r| {
+            r.path
+                .split("u=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(logins.len(), 50);
+    assert_eq!(names.len(), 50, "a row was used twice: {logins:?}");
+    assert!(names.iter().all(|n| {
+        n.strip_prefix("user")
+            .and_then(|i| i.parse::<u32>().ok())
+            .is_some_and(|i| i < 60)
+    }));
+
+    // One worker, 8 users, 5 rows: 5 users log in, 3 iterations fail with the message.
+    let srv = server().await;
+    let f = Files::new(&[("main.js", main), ("accounts.csv", "name\na\nb\nc\nd\ne\n")]);
+    let mut vars = env(&srv);
+    vars.insert("USERS".into(), "8".into());
+    let s = inspect(Bundle::from_path(&f.path("main.js")).unwrap(), &vars).unwrap();
+    let handle = start(Arc::new(s.clone()), config(&s, 1, vars), json!(null)).unwrap();
+    let totals = finish(handle, Duration::from_secs(20)).await;
+    assert_eq!(count(&totals, "iteration_errors"), 3.0);
+    let mut names: Vec<String> = srv
+        .requests("/login")
+        .iter()
+        .map(|r| {
+            r.path
+                .split("u=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+}

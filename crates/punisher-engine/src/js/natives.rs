@@ -187,6 +187,20 @@ pub(super) fn install<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> JsResult<Object
         })?,
     )?;
 
+    // The indices among `0..n` of the data rows this host owns (`SharedRows`).
+    let s = state.clone();
+    p.set(
+        "ownedRows",
+        Function::new(ctx.clone(), move |n: f64| -> Vec<f64> {
+            let n = if n.is_finite() && n > 0.0 {
+                n as u64
+            } else {
+                0
+            };
+            s.rows.owned_below(n).map(|k| k as f64).collect()
+        })?,
+    )?;
+
     let s = state.clone();
     p.set(
         "log",

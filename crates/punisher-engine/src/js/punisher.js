@@ -95,6 +95,46 @@ export function parseCSV(text, opts) {
   return p.parseCSV(String(text), !!(opts && opts.header));
 }
 
+// The rows of a data file, shared out so that no two users of the test get the same row,
+// on any worker of any agent: row k belongs to the worker that owns user k (a van der
+// Corput segment), so nobody coordinates. `next()` hands out this worker's rows in order.
+export class SharedRows {
+  #rows;
+  #next = 0;
+  #total;
+  constructor(rows) {
+    if (!Array.isArray(rows)) {
+      throw new TypeError(
+        "SharedRows needs an array of rows, e.g. new SharedRows(parseCSV(open('accounts.csv'), { header: true }))",
+      );
+    }
+    this.#total = rows.length;
+    this.#rows = p.ownedRows(rows.length).map((k) => rows[k]);
+  }
+  // Rows this worker owns.
+  get length() {
+    return this.#rows.length;
+  }
+  // Rows this worker has not handed out yet.
+  get remaining() {
+    return this.#rows.length - this.#next;
+  }
+  // Rows in the whole file (all workers of all agents).
+  get total() {
+    return this.#total;
+  }
+  next() {
+    if (this.#next >= this.#rows.length) {
+      throw new Error(
+        `SharedRows: this worker has no rows left: it owned ${this.#rows.length} of the ${this.#total} rows ` +
+          'and handed them all out (each row goes to one worker of the test and is never given twice; ' +
+          'setup() and teardown() own none): add rows to the file, or check .remaining first',
+      );
+    }
+    return this.#rows[this.#next++];
+  }
+}
+
 export const open = globalThis.open;
 
-export default { vu, sleep, check, group, randomBetween, Trend, Counter, Rate, Gauge, barrier, parseCSV, open };
+export default { vu, sleep, check, group, randomBetween, Trend, Counter, Rate, Gauge, barrier, parseCSV, SharedRows, open };
