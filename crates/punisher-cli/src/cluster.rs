@@ -464,6 +464,18 @@ pub async fn ctl(args: CtlArgs) -> Result<u8, Failure> {
                     "run {} {:?}: {} / {} users, {} merged seconds\n",
                     run.run_id, run.state, run.active_users, run.target_users, run.tick
                 ));
+                // What the merge holds from each agent (a lost agent's: what it reported
+                // before it was lost).
+                for a in &run.agents {
+                    out.push_str(&format!(
+                        "  agent {} {:?}: {} requests merged from {} reports{}\n",
+                        a.agent_id,
+                        a.state,
+                        a.requests,
+                        a.reports,
+                        if a.suspect { ", OVERLOADED" } else { "" }
+                    ));
+                }
                 for m in &run.messages {
                     out.push_str(&format!("  {m}\n"));
                 }

@@ -968,6 +968,7 @@ mod tests {
             clock_offset_ms: 0.0,
             rtt_ms: 0.2,
             reports: 12,
+            requests: 0,
             last_seen: Duration::from_millis(400),
             open_connections: users * 2,
         }

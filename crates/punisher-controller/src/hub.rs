@@ -563,8 +563,11 @@ impl Hub {
             self.disconnect(id, status);
             return;
         }
-        let second = match run.merger.add_report(&report.snapshot) {
-            Ok(second) => second,
+        let (second, requests) = match run
+            .merger
+            .add_report_counting(&report.snapshot, "http_reqs")
+        {
+            Ok(added) => added,
             Err(e) => {
                 let status = Status::invalid_argument(format!("report {}: {e}", report.seq));
                 self.disconnect(id, status);
@@ -575,6 +578,7 @@ impl Hub {
         a.ack_due = true;
         a.last_second = a.last_second.max(second);
         a.reports += 1;
+        a.requests += requests as u64;
         a.active_users = report.active_users;
         a.target_users = report.target_users;
         a.arrived_users = report.arrived_users;
@@ -1053,6 +1057,11 @@ impl Hub {
             return;
         }
         let now_ms = unix_ms();
+        let how = if departure.is_some() {
+            "left the run"
+        } else {
+            "was lost"
+        };
         let departure = departure.unwrap_or_else(|| crate::loss::Departure {
             shares: run
                 .losses
@@ -1132,9 +1141,9 @@ impl Hub {
             recorder.update_info(info);
         }
         if policy == AgentLossPolicy::Abort {
-            self.abort_run(format!(
-                "agent {id} left the run and --on-agent-loss is abort"
-            ));
+            // The run could not complete as asked: exit code 1, whatever the thresholds say.
+            run.exit_code = 1;
+            self.abort_run(format!("agent {id} {how} and --on-agent-loss is abort"));
         }
     }
 

@@ -97,6 +97,17 @@ impl Merger {
     /// Adds one encoded agent snapshot into the open second it is labelled with, and
     /// returns that second. On error nothing is added.
     pub fn add_report(&mut self, bytes: &[u8]) -> Result<u64, MergeError> {
+        self.add_report_counting(bytes, "")
+            .map(|(second, _)| second)
+    }
+
+    /// [`Merger::add_report`], also returning the sum of the counter `metric` in what was
+    /// added (the controller keeps each agent's accepted `http_reqs`).
+    pub fn add_report_counting(
+        &mut self,
+        bytes: &[u8],
+        metric: &str,
+    ) -> Result<(u64, f64), MergeError> {
         if bytes.len() > punisher_proto::MAX_REPORT_SNAPSHOT_BYTES {
             return Err(MergeError::TooLarge {
                 size: bytes.len(),
@@ -113,8 +124,13 @@ impl Merger {
         let second = self.second_for(start);
         let target = self.open.entry(second).or_default();
         // On error the accumulator is left as it was (and an empty one stays harmless).
-        target.add(bytes)?;
-        Ok(second)
+        let counted = if metric.is_empty() {
+            target.add(bytes)?;
+            0.0
+        } else {
+            target.add_counting(bytes, metric)?
+        };
+        Ok((second, counted))
     }
 
     /// Adds data the controller computes itself (the `vus` gauges) into the open second
@@ -270,6 +286,25 @@ mod tests {
         );
         let total = m.totals().aggregate("http_reqs", &Tags::empty()).unwrap();
         assert_eq!(total, punisher_metrics::SeriesData::Counter { sum: 8.0 });
+    }
+
+    /// What the controller keeps per agent: the `http_reqs` of each report it merged.
+    #[test]
+    fn counts_a_counter_in_each_report_it_merges() {
+        let mut m = Merger::new();
+        let (_, a) = m
+            .add_report_counting(&agent_snapshot(3, 10.0).encode(), "http_reqs")
+            .unwrap();
+        let (_, b) = m
+            .add_report_counting(&agent_snapshot(5, 30.0).encode(), "http_reqs")
+            .unwrap();
+        assert_eq!((a, b), (3.0, 5.0));
+        let (_, none) = m
+            .add_report_counting(&agent_snapshot(2, 1.0).encode(), "iterations")
+            .unwrap();
+        assert_eq!(none, 0.0);
+        // A refused report counts nothing.
+        assert!(m.add_report_counting(b"garbage", "http_reqs").is_err());
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub(crate) struct Assignment {
     pub(crate) cpu_busy_max: f64,
     pub(crate) event_loop_lag_us: u64,
     pub(crate) reports: u64,
+    /// HTTP requests (`http_reqs`) in the reports merged from it: its part of the run's
+    /// merged count.
+    pub(crate) requests: u64,
     pub(crate) suspect: bool,
     pub(crate) suspect_seconds: u64,
     pub(crate) open_connections: u64,
@@ -96,6 +99,7 @@ impl Assignment {
             cpu_busy_max: 0.0,
             event_loop_lag_us: 0,
             reports: 0,
+            requests: 0,
             suspect: false,
             suspect_seconds: 0,
             open_connections: 0,
@@ -193,6 +197,7 @@ impl Agent {
             clock_offset_ms: self.clock.offset_ms(),
             rtt_ms: self.clock.rtt_ms(),
             reports: a.map_or(0, |a| a.reports),
+            requests: a.map_or(0, |a| a.requests),
             last_seen_ms_ago: now.saturating_duration_since(self.last_seen).as_millis() as u64,
             open_connections: if self.is_gone() {
                 0

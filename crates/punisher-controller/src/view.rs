@@ -117,6 +117,8 @@ pub struct AgentView {
     pub clock_offset_ms: f64,
     pub rtt_ms: f64,
     pub reports: u64,
+    /// HTTP requests in the reports the controller accepted from it (its part of the merge).
+    pub requests: u64,
     pub last_seen: Duration,
     /// Connections its users hold open, as of its last report.
     pub open_connections: u64,
@@ -141,6 +143,7 @@ impl From<&v1::AgentView> for AgentView {
             clock_offset_ms: a.clock_offset_ms,
             rtt_ms: a.rtt_ms,
             reports: a.reports,
+            requests: a.requests,
             last_seen: Duration::from_millis(a.last_seen_ms_ago),
             open_connections: a.open_connections,
         }

@@ -218,6 +218,16 @@ impl Accumulator {
     /// Adds one encoded snapshot. On any error (malformed bytes, or a series whose kind
     /// differs from what was added before) nothing is added.
     pub fn add(&mut self, bytes: &[u8]) -> Result<(), MetricsError> {
+        self.add_inner(bytes, None).map(|_| ())
+    }
+
+    /// [`Accumulator::add`], and returns the sum of the counter `metric` (over all its tags)
+    /// in what was added: 0 when it is absent, and nothing is added on error.
+    pub fn add_counting(&mut self, bytes: &[u8], metric: &str) -> Result<f64, MetricsError> {
+        self.add_inner(bytes, Some(metric))
+    }
+
+    fn add_inner(&mut self, bytes: &[u8], counter: Option<&str>) -> Result<f64, MetricsError> {
         let Parsed {
             start,
             end,
@@ -225,6 +235,16 @@ impl Accumulator {
             counts,
         } = self.decoder.parse(bytes)?;
         check_join(&self.series, pending)?;
+        let counted = counter.map_or(0.0, |name| {
+            pending
+                .iter()
+                .filter(|(key, _)| &*key.metric == name)
+                .map(|(_, p)| match p {
+                    Pending::Data(SeriesData::Counter { sum }) => *sum,
+                    _ => 0.0,
+                })
+                .sum()
+        });
         apply_join(
             &mut self.series,
             pending,
@@ -254,7 +274,7 @@ impl Accumulator {
             },
         );
         self.interval.widen(start, end);
-        Ok(())
+        Ok(counted)
     }
 
     /// Adds what `later` accumulated after what `self` did. Errors, changing nothing, on a

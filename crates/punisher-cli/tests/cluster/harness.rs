@@ -364,6 +364,22 @@ impl Cluster {
 
     /// `punisher run SCRIPT --controller ... --wait-agents N -q --summary-json ...`, started.
     pub(crate) fn submit(&self, script: &Path, wait_agents: usize, extra: &[&str]) -> RunProc {
+        self.submit_with(script, wait_agents, extra, true)
+    }
+
+    /// As [`Cluster::submit`], without `-q`: a status line per merged second on stderr (no
+    /// dashboard: stdin is not a terminal).
+    pub(crate) fn submit_live(&self, script: &Path, wait_agents: usize, extra: &[&str]) -> RunProc {
+        self.submit_with(script, wait_agents, extra, false)
+    }
+
+    fn submit_with(
+        &self,
+        script: &Path,
+        wait_agents: usize,
+        extra: &[&str],
+        quiet: bool,
+    ) -> RunProc {
         let summary = self
             .dir
             .path()
@@ -378,10 +394,13 @@ impl Cluster {
             TOKEN,
             "--wait-agents",
             &wait,
-            "-q",
+            "--no-tui",
             "--summary-json",
             summary.to_str().unwrap(),
         ];
+        if quiet {
+            args.push("-q");
+        }
         args.extend(self.trust.iter().map(String::as_str));
         args.extend_from_slice(extra);
         RunProc {
@@ -558,7 +577,18 @@ pub(crate) struct Hit {
     pub(crate) ip: IpAddr,
     pub(crate) path: String,
     pub(crate) vu: Option<u64>,
+    /// The query string (without `?`).
+    pub(crate) query: String,
     pub(crate) at: Instant,
+}
+
+impl Hit {
+    /// The value of `key=` in the query string.
+    pub(crate) fn param(&self, key: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    }
 }
 
 type Hits = Arc<Mutex<Vec<Hit>>>;
@@ -585,6 +615,7 @@ async fn record(
         ip: peer.ip(),
         path: uri.path().to_owned(),
         vu,
+        query: uri.query().unwrap_or_default().to_owned(),
         at: Instant::now(),
     });
     "{}"
