@@ -228,7 +228,7 @@ async fn a_cluster_run_writes_its_results_folder_and_serves_prometheus() {
     assert_eq!(info.command_line, ["punisher", "run", "main.js"]);
     assert_eq!(info.scenario, SCRIPT);
     assert_eq!(
-        info.scenario_sha256,
+        info.entry_sha256,
         punisher_results::sha256_hex(SCRIPT.as_bytes())
     );
     assert_eq!(info.executor, "constant-vus");

@@ -26,7 +26,8 @@ pub enum Command {
     Target(TargetArgs),
     /// Rebuild summary.json, junit.xml and report.html of a run from its journal.
     Report(ReportArgs),
-    /// Compare two runs' percentiles and rates; exit 1 when B regresses beyond --tolerance.
+    /// Compare two runs' percentiles, rates and thresholds; exit 1 when B regresses beyond
+    /// --tolerance or a threshold flipped from pass to fail.
     Compare(CompareArgs),
     /// Wait for agents and run scenarios submitted with `punisher run --controller`.
     Controller(crate::cluster::ControllerArgs),
@@ -51,7 +52,9 @@ pub struct CompareArgs {
     pub a: PathBuf,
     /// The candidate: a run folder or its summary.json.
     pub b: PathBuf,
-    /// Allowed regression: latency higher by this many percent, error rates by this many points.
+    /// Allowed regression: latency higher by this many percent, error rates by this many
+    /// points, throughput (requests, iterations, messages per second) lower by this many
+    /// percent. A threshold that passed in A and fails in B is always a regression.
     #[arg(long, default_value_t = 10.0, value_name = "PERCENT")]
     pub tolerance: f64,
 }

@@ -294,7 +294,8 @@ pub(crate) async fn submit_and_follow(
     {
         // As in k6, the outputs of handleSummary() replace the summary printed on stdout;
         // summary.json in the results folder and --summary-json stay.
-        match punisher_engine::run_handle_summary(scenario, here, json).await {
+        let data = crate::handle_summary::k6_data(json, &setup_data);
+        match punisher_engine::run_handle_summary(scenario, here, &data).await {
             Ok(Some(files)) => {
                 print_default_summary = false;
                 if let Err(e) = crate::handle_summary::write_outputs(&files, results_dir) {

@@ -1775,6 +1775,14 @@ fn run_info(id: &str, spec: &RunSpec) -> RunInfo {
         spec.command_line.clone(),
         unix_ms(),
     );
+    info.set_bundle(
+        &bundle.entry,
+        bundle
+            .sources
+            .iter()
+            .map(|(p, s)| (p.as_str(), s.as_bytes())),
+        bundle.files.iter().map(|(p, b)| (p.as_str(), &b[..])),
+    );
     info.executor = spec.plan.executor.kind().to_owned();
     info.thresholds = spec.plan.thresholds.clone();
     info

@@ -1,6 +1,7 @@
 //! The run folder `<results-dir>/<run-id>/`: its creation, its file names, and `run.json`
 //! ([`RunInfo`]), the record of what exactly was run.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -191,9 +192,19 @@ pub struct RunInfo {
     pub command_line: Vec<String>,
     /// The scenario file as given.
     pub scenario_path: String,
-    /// SHA-256 of `scenario`, lowercase hex.
-    pub scenario_sha256: String,
-    /// The scenario's source text.
+    /// SHA-256 of the whole bundle that ran: the entry, every module it imports and every
+    /// file it `open()`s, lowercase hex (see [`bundle_sha256`]). Equal values mean the same
+    /// code ran on the same data.
+    #[serde(default)]
+    pub bundle_sha256: String,
+    /// The bundle's files, each with its own hash, sorted by path.
+    #[serde(default)]
+    pub bundle: Vec<BundleFile>,
+    /// SHA-256 of the entry file alone (`scenario`), lowercase hex. Named `scenario_sha256`
+    /// in run.json files written before the bundle hash existed.
+    #[serde(alias = "scenario_sha256")]
+    pub entry_sha256: String,
+    /// The entry file's source text.
     pub scenario: String,
     /// The executor's kind, e.g. `ramping-vus`, for the summary.
     #[serde(default)]
@@ -239,8 +250,10 @@ pub struct AgentLossWindow {
 }
 
 impl RunInfo {
-    /// A record for a run starting at `started_unix_ms`; the hash is computed here so that it
-    /// always matches the text. Set `executor`, `thresholds` and `agents` as they become known.
+    /// A record for a run starting at `started_unix_ms`; the hashes are computed here so that
+    /// they always match the text: the bundle is the entry alone until [`RunInfo::set_bundle`]
+    /// gives its modules and files. Set `executor`, `thresholds` and `agents` as they become
+    /// known.
     pub fn new(
         run_id: &str,
         punisher_version: &str,
@@ -250,12 +263,14 @@ impl RunInfo {
         command_line: Vec<String>,
         started_unix_ms: u64,
     ) -> RunInfo {
-        RunInfo {
+        let mut info = RunInfo {
             run_id: run_id.to_owned(),
             punisher_version: punisher_version.to_owned(),
             command_line,
             scenario_path: scenario_path.to_owned(),
-            scenario_sha256: sha256_hex(scenario.as_bytes()),
+            bundle_sha256: String::new(),
+            bundle: Vec::new(),
+            entry_sha256: sha256_hex(scenario.as_bytes()),
             scenario: scenario.to_owned(),
             executor: String::new(),
             options,
@@ -267,6 +282,50 @@ impl RunInfo {
             ended: None,
             agent_losses: Vec::new(),
             messages: Vec::new(),
+        };
+        info.set_bundle(scenario_path, [(scenario_path, scenario.as_bytes())], []);
+        info
+    }
+
+    /// Records the whole bundle: `entry` (a key of `modules`), the JavaScript `modules` by
+    /// path (the entry among them) and the `open()`ed `files` by path, as the engine's
+    /// bundle keys them. Sets [`RunInfo::bundle`] and [`RunInfo::bundle_sha256`].
+    pub fn set_bundle<'a>(
+        &mut self,
+        entry: &str,
+        modules: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        let base = match entry.rfind('/') {
+            Some(i) => &entry[..i],
+            None => "",
+        };
+        let mut listed: BTreeMap<String, BundleFile> = BTreeMap::new();
+        let kinds = modules
+            .into_iter()
+            .map(|(p, b)| (p, b, if p == entry { "entry" } else { "module" }))
+            .chain(files.into_iter().map(|(p, b)| (p, b, "file")));
+        for (path, bytes, kind) in kinds {
+            let path = relative_to(base, path);
+            // A module also read with open() is listed once, as a module.
+            listed.entry(path.clone()).or_insert_with(|| BundleFile {
+                sha256: sha256_hex(bytes),
+                bytes: bytes.len() as u64,
+                kind: kind.to_owned(),
+                path,
+            });
+        }
+        self.bundle = listed.into_values().collect();
+        self.bundle_sha256 = bundle_sha256(&self.bundle);
+    }
+
+    /// The hash a sign-off shows: the bundle's, or the entry's for a run.json written before
+    /// the bundle hash existed.
+    pub fn headline_sha256(&self) -> &str {
+        if self.bundle_sha256.is_empty() {
+            &self.entry_sha256
+        } else {
+            &self.bundle_sha256
         }
     }
 
@@ -274,6 +333,54 @@ impl RunInfo {
         self.ended_unix_ms = Some(ended_unix_ms);
         self.ended = Some(rfc3339(ended_unix_ms));
     }
+}
+
+/// One file of a run's bundle, as `run.json` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleFile {
+    /// Relative to the entry file's folder (`lib/login.js`, `../data/users.csv`); absolute
+    /// paths stay absolute.
+    pub path: String,
+    /// `entry`, `module` (imported) or `file` (read with `open()`).
+    pub kind: String,
+    pub bytes: u64,
+    /// SHA-256 of its content, lowercase hex.
+    pub sha256: String,
+}
+
+/// The hash of a whole bundle: SHA-256 of the lines `<sha256 of the file>  <path>\n`, sorted
+/// by path, paths relative to the entry's folder. That is `sha256sum`'s output, so that
+/// anyone can check it without punisher, from the entry's folder:
+/// `sha256sum FILES... | LC_ALL=C sort -k2 | sha256sum`. Folders and the current directory
+/// do not change it; any byte of any file, or a renamed file, does.
+pub fn bundle_sha256(files: &[BundleFile]) -> String {
+    let mut sorted: Vec<&BundleFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let manifest: String = sorted
+        .iter()
+        .map(|f| format!("{}  {}\n", f.sha256, f.path))
+        .collect();
+    sha256_hex(manifest.as_bytes())
+}
+
+/// `path` relative to the folder `base` (both as the bundle writes them: normalized, `/`
+/// separated, relative to the same current directory): `scenarios` and `scenarios/lib/x.js`
+/// give `lib/x.js`, `scenarios` and `data/u.csv` give `../data/u.csv`. An absolute path
+/// against a relative base (or the other way), or one that would need the name of a folder
+/// above the current directory, is kept as it is.
+fn relative_to(base: &str, path: &str) -> String {
+    if base.starts_with('/') != path.starts_with('/') {
+        return path.to_owned();
+    }
+    let base: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let common = base.iter().zip(&parts).take_while(|(a, b)| a == b).count();
+    if base[common..].contains(&"..") {
+        return path.to_owned();
+    }
+    let mut out: Vec<&str> = vec![".."; base.len() - common];
+    out.extend(&parts[common..]);
+    out.join("/")
 }
 
 /// Lowercase hex SHA-256.
@@ -317,6 +424,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -338,6 +447,96 @@ mod tests {
             sha256_hex(b"abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn paths_relative_to_the_entry_folder() {
+        let cases = [
+            ("scenarios", "scenarios/lib/x.js", "lib/x.js"),
+            ("scenarios", "scenarios/s.js", "s.js"),
+            ("scenarios/tv", "scenarios/data/u.csv", "../data/u.csv"),
+            ("", "lib/x.js", "lib/x.js"),
+            ("", "../up.js", "../up.js"),
+            ("../x", "../x/lib/y.js", "lib/y.js"),
+            // Would need the current directory's name: kept.
+            ("../x", "a.js", "a.js"),
+            ("/abs/dir", "/abs/data.csv", "../data.csv"),
+            ("rel", "/etc/data.csv", "/etc/data.csv"),
+        ];
+        for (base, path, expect) in cases {
+            assert_eq!(relative_to(base, path), expect, "{base} {path}");
+        }
+    }
+
+    #[test]
+    fn the_bundle_hash_covers_every_file_and_not_where_it_was_run_from() {
+        let hash = |entry: &str, lib: &str, data: &[u8]| {
+            let mut info =
+                RunInfo::new("r", "0", entry, "import './lib/a.js'", json!({}), vec![], 0);
+            let lib_path = entry.replace("s.js", "lib/a.js");
+            let data_path = entry.replace("s.js", "data.csv");
+            info.set_bundle(
+                entry,
+                [
+                    (entry, &b"import './lib/a.js'"[..]),
+                    (lib_path.as_str(), lib.as_bytes()),
+                ],
+                [(data_path.as_str(), data)],
+            );
+            info
+        };
+        let a = hash("scenarios/s.js", "export const x = 1;", b"u1\n");
+        assert_eq!(
+            a.bundle
+                .iter()
+                .map(|f| (f.path.as_str(), f.kind.as_str(), f.bytes))
+                .collect::<Vec<_>>(),
+            [
+                ("data.csv", "file", 3),
+                ("lib/a.js", "module", 19),
+                ("s.js", "entry", 19)
+            ]
+        );
+        // sha256sum's lines, sorted by path, hashed.
+        let manifest: String = a
+            .bundle
+            .iter()
+            .map(|f| format!("{}  {}\n", f.sha256, f.path))
+            .collect();
+        assert_eq!(a.bundle_sha256, sha256_hex(manifest.as_bytes()));
+        assert_eq!(a.entry_sha256, sha256_hex(b"import './lib/a.js'"));
+        // Run from another folder: the same hash.
+        assert_eq!(
+            hash("/home/u/s.js", "export const x = 1;", b"u1\n").bundle_sha256,
+            a.bundle_sha256
+        );
+        // A changed module or data file changes it; the entry's own hash stays.
+        for other in [
+            hash("scenarios/s.js", "export const x = 2;", b"u1\n"),
+            hash("scenarios/s.js", "export const x = 1;", b"u2\n"),
+        ] {
+            assert_ne!(other.bundle_sha256, a.bundle_sha256);
+            assert_eq!(other.entry_sha256, a.entry_sha256);
+        }
+        // A one-file scenario: the bundle is the entry alone.
+        let single = RunInfo::new("r", "0", "dir/s.js", "x", json!({}), vec![], 0);
+        assert_eq!(single.bundle.len(), 1);
+        assert_eq!(
+            single.bundle_sha256,
+            sha256_hex(format!("{}  s.js\n", sha256_hex(b"x")).as_bytes())
+        );
+    }
+
+    #[test]
+    fn old_run_json_files_still_read() {
+        let old = json!({
+            "run_id": "r", "punisher_version": "0", "command_line": [], "scenario_path": "s.js",
+            "scenario_sha256": "abc", "scenario": "x", "options": {}, "agents": [],
+            "started_unix_ms": 0, "started": "", "ended_unix_ms": null, "ended": null,
+        });
+        let info: RunInfo = serde_json::from_value(old).unwrap();
+        assert_eq!(info.entry_sha256, "abc");
+        assert!(info.bundle_sha256.is_empty());
     }
 
     #[test]

@@ -91,8 +91,8 @@ pub fn render_html(input: &ReportInput<'_>) -> String {
     if let Some(info) = input.info {
         let _ = write!(
             h,
-            "<div class=\"sub\">sha256 <code>{}</code></div>",
-            xml(&info.scenario_sha256)
+            "<div class=\"sub\">bundle sha256 <code>{}</code></div>",
+            xml(info.headline_sha256())
         );
     }
     let _ = write!(
@@ -210,7 +210,11 @@ fn parameters(h: &mut String, input: &ReportInput<'_>) {
     row("run id", input.run_id);
     if let Some(info) = input.info {
         row("scenario", &info.scenario_path);
-        row("scenario sha256", &info.scenario_sha256);
+        row(
+            &format!("bundle sha256 ({} files)", info.bundle.len().max(1)),
+            info.headline_sha256(),
+        );
+        row("entry file sha256", &info.entry_sha256);
         row("punisher version", &info.punisher_version);
         row("command line", &info.command_line.join(" "));
         row("started", &info.started);
@@ -245,6 +249,24 @@ fn parameters(h: &mut String, input: &ReportInput<'_>) {
             "<h3>Options after overrides</h3><pre id=\"options\">{}</pre>",
             xml(&options)
         );
+        if info.bundle.len() > 1 {
+            let _ = write!(
+                h,
+                "<h3>Bundle</h3><table id=\"bundle\"><tr><th>file</th><th>kind</th>\
+                 <th>bytes</th><th>sha256</th></tr>"
+            );
+            for f in &info.bundle {
+                let _ = write!(
+                    h,
+                    "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                    xml(&f.path),
+                    xml(&f.kind),
+                    f.bytes,
+                    xml(&f.sha256)
+                );
+            }
+            let _ = write!(h, "</table>");
+        }
     }
     let _ = write!(h, "</section>");
 }

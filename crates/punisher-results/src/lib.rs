@@ -1,7 +1,8 @@
 //! punisher-results: what a run leaves on disk, and what is rebuilt from it.
 //!
 //! Every run writes `<results-dir>/<run-id>/`:
-//! - `run.json` ([`RunInfo`]): scenario text and its SHA-256, options, command line, agents,
+//! - `run.json` ([`RunInfo`]): the SHA-256 of the whole bundle (entry, imported modules,
+//!   `open()`ed files) and of each file, the entry's text, options, command line, agents,
 //!   start and end times;
 //! - `timeseries.jsonl` and one HdrHistogram interval log per trend (`<metric>.hlog`), written
 //!   one merged second at a time by the [`Journal`], so that a run whose controller died can
@@ -35,7 +36,9 @@ pub mod prometheus;
 pub mod timeline;
 
 pub use compare::{Comparison, RunFigures, Tolerance, compare};
-pub use dir::{AgentInfo, AgentLossWindow, ResultsDir, RunInfo, rfc3339, sha256_hex};
+pub use dir::{
+    AgentInfo, AgentLossWindow, BundleFile, ResultsDir, RunInfo, bundle_sha256, rfc3339, sha256_hex,
+};
 pub use html::{ReportInput, render_html};
 pub use journal::{Journal, Replayed};
 pub use live::LiveNumbers;

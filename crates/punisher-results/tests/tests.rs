@@ -231,7 +231,7 @@ fn results_dir_refuses_bad_ids_and_reuse() {
     dir.write_run_info(&info).unwrap();
     assert_eq!(dir.read_run_info().unwrap(), info);
     assert_eq!(
-        info.scenario_sha256,
+        info.entry_sha256,
         punisher_results::sha256_hex(info.scenario.as_bytes())
     );
     assert_eq!(info.ended.as_deref(), Some("2026-01-01T00:00:20.000Z"));
@@ -312,7 +312,8 @@ fn report_html_is_self_contained_and_escaped() {
     assert!(html.contains("&lt;/pre&gt;&lt;script&gt;"));
     // Hash, agents, parameters.
     let info = run_info("x");
-    assert!(html.contains(&info.scenario_sha256));
+    assert!(html.contains(&info.entry_sha256));
+    assert!(html.contains(&info.bundle_sha256));
     assert!(html.contains("agent-us-1") && html.contains("eu-west-1") && html.contains("-1.2 ms"));
     assert!(html.contains("punisher run scenarios/&lt;tv&gt;.js --users 50"));
     // Charts: every series the fixture has, as inline SVG.
