@@ -975,6 +975,41 @@ mod tests {
     }
 
     #[test]
+    fn a_suspect_agent_shows_as_saturated() {
+        // The controller suspects an agent whose CPU or event loop is past its limits: its
+        // numbers are less trustworthy, and the dashboard says "saturated".
+        let suspect = AgentView {
+            suspect: true,
+            cpu_busy_max: 0.97,
+            event_loop_lag: Duration::from_millis(180),
+            ..agent("agent-5", "eu-west-1", AgentState::Running, 40)
+        };
+        let row = agent_row(&suspect);
+        assert_eq!(row.health, core::AgentHealth::Saturated);
+        assert_eq!((row.cpu, row.loop_lag_ms), (0.97, 180.0));
+        // Lost or left wins over suspect: the agent is gone.
+        for (state, health) in [
+            (AgentState::Lost, core::AgentHealth::Lost),
+            (AgentState::Left, core::AgentHealth::Left),
+        ] {
+            let gone = AgentView {
+                state,
+                ..suspect.clone()
+            };
+            assert_eq!(agent_row(&gone).health, health);
+        }
+        // On the screen, through the mapper.
+        let mut mapper = ViewMapper::new(&opts(false));
+        let mut v = view(3);
+        v.agents.push(suspect);
+        let s = screen(mapper.map(&v), false, 120, 40);
+        assert_contains(
+            line_with(&s, "agent-5"),
+            &["eu-west-1", "97%", "180ms", "saturated"],
+        );
+    }
+
+    #[test]
     fn agents_that_said_goodbye_show_as_left_not_lost() {
         let left = agent_row(&agent("agent-3", "ap-south-1", AgentState::Left, 0));
         assert_eq!(left.health, core::AgentHealth::Left);

@@ -216,6 +216,31 @@ async fn run_on_a_terminal_shows_the_dashboard_scales_and_stops() {
     })
     .await;
 
+    // `p` pauses arrivals (the header says so, the footer offers to resume), `p` again
+    // resumes them.
+    tmux.type_keys("p");
+    tmux.wait_for("the paused header", Duration::from_secs(20), |s| {
+        s.contains("PAUSED") && s.contains("sent: pause arrivals") && s.contains("resume")
+    })
+    .await;
+    tmux.type_keys("p");
+    tmux.wait_for("the run resumed", Duration::from_secs(20), |s| {
+        s.contains("RUNNING") && s.contains("sent: resume arrivals")
+    })
+    .await;
+
+    // `?` opens the help over the dashboard, `?` closes it.
+    tmux.type_keys("?");
+    tmux.wait_for("the help", Duration::from_secs(20), |s| {
+        s.contains("pause / resume arrivals") && s.contains("graceful stop")
+    })
+    .await;
+    tmux.type_keys("?");
+    tmux.wait_for("the help to close", Duration::from_secs(20), |s| {
+        !s.contains("pause / resume arrivals") && s.contains("RUNNING")
+    })
+    .await;
+
     // `x`: a graceful stop; the dashboard leaves and the summary is printed on the normal
     // screen.
     tmux.type_keys("x");
@@ -492,4 +517,94 @@ async fn ctrl_c_restores_the_terminal_and_stops_the_run() {
     assert!(all.contains("http_req_duration"), "{all}");
     assert!(all.contains("stopped by the operator"), "{all}");
     assert!(all.contains("TTY=icanon echo"), "{all}");
+}
+
+/// A panic while the dashboard draws (forced with the test-only key of
+/// `PUNISHER_TEST_PANIC_IN_DASHBOARD`) gives the terminal back before the panic message is
+/// printed; the run goes on with status lines and ends as usual.
+#[tokio::test]
+async fn a_panic_in_the_dashboard_restores_the_terminal() {
+    if !have_tmux() {
+        eprintln!("tmux is not installed: skipped");
+        return;
+    }
+    let results = tempfile::tempdir().unwrap();
+    let command = format!(
+        "cd {} && {}=Z {} run scenarios/smoke.js --demo-target --vus 3 --duration 8s \
+         --results-dir {}",
+        workspace().display(),
+        punisher_tui::PANIC_KEY_ENV,
+        punisher(),
+        results.path().display(),
+    );
+    let tmux = Tmux::start("panic", &command);
+    tmux.wait_for("the dashboard", Duration::from_secs(60), |s| {
+        s.contains("RUNNING") && users(s) == Some((3, 3))
+    })
+    .await;
+    assert!(tmux.alternate_on());
+    tmux.type_keys("Z");
+    let screen = tmux
+        .wait_for("the panic message", Duration::from_secs(20), |s| {
+            s.contains("panicked")
+        })
+        .await;
+    assert!(!tmux.alternate_on(), "{screen}");
+    // The run goes on: status lines, then the summary.
+    let screen = tmux
+        .wait_for("the run to end", Duration::from_secs(60), |s| {
+            s.contains("TTY=")
+        })
+        .await;
+    assert!(!tmux.alternate_on(), "{screen}");
+    let all = tmux.history();
+    assert!(all.contains("EXIT=0"), "{all}");
+    assert!(all.contains("TTY=icanon echo"), "{all}");
+    let panic_at = all.find("panicked").unwrap();
+    assert!(
+        all[panic_at..].contains(punisher_tui::PANIC_KEY_ENV),
+        "the panic message:\n{all}"
+    );
+    assert!(
+        all[panic_at..].contains(" req/s"),
+        "no status line after the panic:\n{all}"
+    );
+    assert!(all.contains("http_req_duration"), "the summary:\n{all}");
+    // Nothing of the dashboard is left on the normal screen.
+    assert!(!all.contains("RUNNING"), "{all}");
+}
+
+/// `--no-tui` on a terminal: status lines on the normal screen, never the alternate one.
+#[tokio::test]
+async fn no_tui_on_a_terminal_prints_status_lines() {
+    if !have_tmux() {
+        eprintln!("tmux is not installed: skipped");
+        return;
+    }
+    let results = tempfile::tempdir().unwrap();
+    let command = format!(
+        "cd {} && {} run scenarios/smoke.js --demo-target --vus 3 --duration 4s --no-tui \
+         --results-dir {}",
+        workspace().display(),
+        punisher(),
+        results.path().display(),
+    );
+    let tmux = Tmux::start("notui", &command);
+    let mut polls = 0;
+    let screen = tmux
+        .wait_for("the run to end", Duration::from_secs(60), |s| {
+            // Checked at every poll while the run goes on.
+            polls += 1;
+            assert!(!tmux.alternate_on(), "the alternate screen is on:\n{s}");
+            s.contains("TTY=")
+        })
+        .await;
+    assert!(polls > 1, "{screen}");
+    let all = tmux.history();
+    assert!(all.contains("EXIT=0"), "{all}");
+    assert!(all.contains("TTY=icanon echo"), "{all}");
+    let status_lines = all.lines().filter(|l| l.contains(" req/s")).count();
+    assert!(status_lines >= 2, "{status_lines} status lines:\n{all}");
+    assert!(all.contains("http_req_duration"), "the summary:\n{all}");
+    assert!(!all.contains("RUNNING"), "no dashboard header:\n{all}");
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use app::{Action, App, Mode};
 pub use punisher_core::view::{RunCommand, RunView};
 pub use render::{render, render_text};
-pub use terminal::run_dashboard;
+pub use terminal::{PANIC_KEY_ENV, run_dashboard};
 
 /// How the dashboard behaves: chosen by the caller (`punisher run` or `punisher ctl watch`).
 #[derive(Debug, Clone)]

@@ -3,13 +3,13 @@
 //! terminal restored however the loop ends.
 //!
 //! Restoring happens in three places: `ratatui::try_init` installs a panic hook that restores
-//! before the previous hook prints; [`TerminalGuard`]'s `Drop` restores on every return, on `?`
+//! before the previous hook prints (tested end to end with [`PANIC_KEY_ENV`]); [`TerminalGuard`]'s `Drop` restores on every return, on `?`
 //! and when the caller drops the future (its own SIGINT/SIGTERM handling wins a `select!`);
 //! Ctrl-C is a key in raw mode and ends the loop like any other exit.
 
 use std::time::Duration;
 
-use crossterm::event::{Event, EventStream, KeyEventKind};
+use crossterm::event::{Event, EventStream, KeyCode, KeyEventKind};
 use futures_util::{Stream, StreamExt};
 use punisher_core::view::{RunCommand, RunView};
 use ratatui::backend::Backend;
@@ -22,6 +22,20 @@ use crate::{DashboardConfig, DashboardExit, TuiError, render};
 
 /// A floor on the refresh period, so a zero `refresh` cannot spin the loop.
 const MIN_REFRESH: Duration = Duration::from_millis(50);
+
+/// For tests of the terminal's restoration (they need a dashboard that panics): set to one
+/// character, pressing that key makes the next draw panic, half-way through a frame, as a
+/// rendering bug would. Read once per dashboard; nothing sets it but tests.
+pub const PANIC_KEY_ENV: &str = "PUNISHER_TEST_PANIC_IN_DASHBOARD";
+
+fn test_panic_key() -> Option<char> {
+    let value = std::env::var(PANIC_KEY_ENV).ok()?;
+    let mut chars = value.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
 
 /// Owns the terminal while the dashboard runs and gives it back on drop.
 struct TerminalGuard {
@@ -92,11 +106,18 @@ where
     let mut tick = tokio::time::interval(cfg.refresh.max(MIN_REFRESH));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut views_open = true;
+    let panic_key = test_panic_key();
+    let mut panic_now = false;
     loop {
         // Drawing writes a diff of the screen to the tty: a few KB at most, in microseconds
         // unless the terminal itself stalls, so it stays on this task.
         terminal
-            .draw(|frame| render(frame, &app))
+            .draw(|frame| {
+                render(frame, &app);
+                if panic_now {
+                    panic!("{PANIC_KEY_ENV}: the dashboard panics while drawing, as asked");
+                }
+            })
             .map_err(|e| TuiError::Draw(std::io::Error::other(e.to_string())))?;
         tokio::select! {
             // A new view first, so that a key acts on the freshest state (a `+` scales the
@@ -111,6 +132,12 @@ where
                 }
             },
             event = events.next() => match event {
+                Some(Ok(Event::Key(key)))
+                    if key.kind == KeyEventKind::Press
+                        && panic_key.is_some_and(|c| key.code == KeyCode::Char(c)) =>
+                {
+                    panic_now = true;
+                }
                 Some(Ok(Event::Key(key))) if key.kind == KeyEventKind::Press => {
                     match app.handle_key(key) {
                         None => {}

@@ -239,3 +239,58 @@ mod tests {
         );
     }
 }
+
+/// What the widget tests share: an empty view to fill, and a buffer read back as text.
+#[cfg(test)]
+pub(super) mod testing {
+    use punisher_core::view::{Charts, RunState, RunView};
+    use ratatui::buffer::Buffer;
+    use ratatui::layout::Position;
+    use ratatui::style::Style;
+
+    pub(crate) fn empty_view() -> RunView {
+        RunView {
+            run_id: "r".into(),
+            scenario: "s.js".into(),
+            state: RunState::Running,
+            elapsed_secs: 0.0,
+            planned_secs: 0.0,
+            users_active: 0,
+            users_target: 0,
+            users_arrived: 0,
+            requests_per_sec: 0.0,
+            error_rate: 0.0,
+            thresholds: vec![],
+            charts: Charts::default(),
+            requests: vec![],
+            agents: vec![],
+            barriers: vec![],
+            log: vec![],
+        }
+    }
+
+    /// The buffer's rows as text, trailing blanks kept (borders show where a row ends).
+    pub(crate) fn rows(buf: &Buffer) -> Vec<String> {
+        (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol())
+                    .collect::<String>()
+            })
+            .collect()
+    }
+
+    /// The style of the first cell of `text` on the screen.
+    #[track_caller]
+    pub(crate) fn style_of(buf: &Buffer, text: &str) -> Style {
+        let rows = rows(buf);
+        for (y, row) in rows.iter().enumerate() {
+            if let Some(byte) = row.find(text) {
+                let x = row[..byte].chars().count();
+                let pos = Position::new(x as u16, y as u16);
+                return buf[pos].style();
+            }
+        }
+        panic!("{text:?} not in\n{}", rows.join("\n"));
+    }
+}

@@ -164,3 +164,121 @@ pub(super) fn log(area: Rect, buf: &mut Buffer, view: &RunView) {
         .block(Block::bordered().title(" log "))
         .render(area, buf);
 }
+
+#[cfg(test)]
+mod tests {
+    use punisher_core::view::ThresholdView;
+
+    use super::super::testing::{empty_view, rows, style_of};
+    use super::*;
+
+    fn threshold(
+        selector: &str,
+        expression: &str,
+        observed: Option<f64>,
+        passed: bool,
+    ) -> ThresholdView {
+        ThresholdView {
+            selector: selector.into(),
+            expression: expression.into(),
+            observed,
+            passed,
+        }
+    }
+
+    fn draw(list: Vec<ThresholdView>, width: u16, height: u16) -> Buffer {
+        let view = RunView {
+            thresholds: list,
+            ..empty_view()
+        };
+        let mut buf = Buffer::empty(Rect::new(0, 0, width, height));
+        thresholds(buf.area, &mut buf, &view);
+        buf
+    }
+
+    /// `check(thresholds, expected rows)`: the panel, 60 wide, as text without its frame.
+    #[track_caller]
+    fn check(list: Vec<ThresholdView>, title: &str, lines: &[&str]) -> Buffer {
+        let buf = draw(list, 60, lines.len() as u16 + 2);
+        let all = rows(&buf);
+        assert!(
+            all[0].starts_with(&format!("┌{title}─")),
+            "title {title:?}:\n{}",
+            all.join("\n")
+        );
+        let inside: Vec<String> = all[1..all.len() - 1]
+            .iter()
+            .map(|r| r.trim_matches('│').trim_end().to_owned())
+            .collect();
+        assert_eq!(inside, lines, "\n{}", all.join("\n"));
+        buf
+    }
+
+    #[test]
+    fn thresholds_panel_shows_failing_first_with_their_values() {
+        let buf = check(
+            vec![
+                threshold("http_req_failed", "rate<0.01", Some(0.0012), true),
+                threshold(
+                    "http_req_duration{name:vote}",
+                    "p(99)<500",
+                    Some(612.3),
+                    false,
+                ),
+                threshold("http_req_duration", "p(95)<300", Some(181.0), true),
+                threshold("checks", "rate>0.99", None, false),
+            ],
+            " thresholds: 2 of 4 failing ",
+            &[
+                "✗ p(99)<500  612  http_req_duration{name:vote}",
+                "✗ rate>0.99  no data  checks",
+                "✓ rate<0.01  0.0012  http_req_failed",
+                "✓ p(95)<300  181  http_req_duration",
+            ],
+        );
+        let title = style_of(&buf, "thresholds: 2 of 4 failing");
+        assert_eq!(title.fg, Some(Color::Red));
+        assert!(title.add_modifier.contains(Modifier::BOLD));
+        // A failing value stands out; a passing one does not.
+        let failing = style_of(&buf, "612");
+        assert_eq!(failing.fg, Some(Color::Red));
+        assert!(failing.add_modifier.contains(Modifier::BOLD));
+        let passing = style_of(&buf, "181");
+        assert_ne!(passing.fg, Some(Color::Red));
+        assert!(!passing.add_modifier.contains(Modifier::BOLD));
+        assert_eq!(style_of(&buf, "✓ rate<0.01").fg, Some(Color::Green));
+        assert_eq!(style_of(&buf, "http_req_failed").fg, Some(Color::DarkGray));
+    }
+
+    #[test]
+    fn thresholds_panel_says_all_pass_or_that_there_are_none() {
+        let buf = check(
+            vec![threshold("http_req_failed", "rate<0.01", Some(0.0), true)],
+            " thresholds: all pass ",
+            &["✓ rate<0.01  0.0  http_req_failed"],
+        );
+        assert_eq!(
+            style_of(&buf, "thresholds: all pass").fg,
+            Some(Color::Green)
+        );
+        check(vec![], " thresholds ", &["no thresholds in this scenario"]);
+    }
+
+    #[test]
+    fn a_short_thresholds_panel_keeps_the_failing_ones() {
+        let mut list: Vec<ThresholdView> = (0..6)
+            .map(|i| threshold(&format!("m{i}"), "count>0", Some(3.0), true))
+            .collect();
+        list.push(threshold(
+            "http_req_duration",
+            "p(95)<300",
+            Some(450.0),
+            false,
+        ));
+        check(
+            list,
+            " thresholds: 1 of 7 failing ",
+            &["✗ p(95)<300  450  http_req_duration", "✓ count>0  3.0  m0"],
+        );
+    }
+}

@@ -174,3 +174,162 @@ pub(super) fn agents(area: Rect, buf: &mut Buffer, view: &RunView) {
         .block(Block::bordered().title(title))
         .render(area, buf);
 }
+
+#[cfg(test)]
+mod tests {
+    use punisher_core::view::AgentRow;
+    use ratatui::style::{Color, Modifier};
+
+    use super::super::testing::{empty_view, rows, style_of};
+    use super::*;
+
+    fn agent(id: &str, health: AgentHealth, cpu: f64, lag_ms: f64, age_ms: u64) -> AgentRow {
+        AgentRow {
+            id: id.into(),
+            region: "eu-west-1".into(),
+            users: 250,
+            connections: 500,
+            cpu,
+            loop_lag_ms: lag_ms,
+            last_report_age_ms: age_ms,
+            health,
+        }
+    }
+
+    fn draw(agent_rows: Vec<AgentRow>, width: u16, height: u16) -> Buffer {
+        let view = RunView {
+            agents: agent_rows,
+            ..empty_view()
+        };
+        let mut buf = Buffer::empty(Rect::new(0, 0, width, height));
+        agents(buf.area, &mut buf, &view);
+        buf
+    }
+
+    /// The data rows (between the header and the bottom border), trimmed of borders.
+    fn data_rows(buf: &Buffer) -> Vec<String> {
+        let all = rows(buf);
+        all[2..all.len() - 1]
+            .iter()
+            .map(|r| r.trim_matches('│').trim_end().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn agents_table_puts_the_worst_first_with_every_column() {
+        let buf = draw(
+            vec![
+                agent("a-healthy", AgentHealth::Healthy, 0.42, 3.0, 400),
+                agent("a-left", AgentHealth::Left, 0.0, 0.0, 9_000),
+                agent("a-lost", AgentHealth::Lost, 0.10, 1.0, 21_000),
+                agent("a-saturated", AgentHealth::Saturated, 0.97, 180.0, 800),
+            ],
+            80,
+            7,
+        );
+        let all = rows(&buf);
+        assert!(all[0].starts_with("┌ agents 1 lost ─"), "{}", all[0]);
+        let header: Vec<&str> = all[1].trim_matches('│').split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "agent", "region", "users", "conns", "cpu", "loop", "lag", "report", "health"
+            ]
+        );
+        let words: Vec<Vec<String>> = data_rows(&buf)
+            .iter()
+            .map(|r| r.split_whitespace().map(str::to_owned).collect())
+            .collect();
+        assert_eq!(
+            words,
+            [
+                [
+                    "a-lost",
+                    "eu-west-1",
+                    "250",
+                    "500",
+                    "10%",
+                    "1.0ms",
+                    "21.0s",
+                    "lost"
+                ],
+                [
+                    "a-saturated",
+                    "eu-west-1",
+                    "250",
+                    "500",
+                    "97%",
+                    "180ms",
+                    "800ms",
+                    "saturated"
+                ],
+                [
+                    "a-healthy",
+                    "eu-west-1",
+                    "250",
+                    "500",
+                    "42%",
+                    "3.0ms",
+                    "400ms",
+                    "healthy"
+                ],
+                [
+                    "a-left",
+                    "eu-west-1",
+                    "250",
+                    "500",
+                    "0%",
+                    "0.0ms",
+                    "9.0s",
+                    "left"
+                ],
+            ]
+        );
+        // Numbers are right-aligned under their header: `users` ends where `250` ends.
+        let users_end = all[1].find("users").unwrap() + "users".len();
+        assert_eq!(
+            all[2].find("250").unwrap() + 3,
+            users_end,
+            "{}\n{}",
+            all[1],
+            all[2]
+        );
+        // The state says it in colour too.
+        let lost = style_of(&buf, "lost     │");
+        assert_eq!(lost.fg, Some(Color::Red));
+        assert!(lost.add_modifier.contains(Modifier::BOLD));
+        assert_eq!(style_of(&buf, "saturated│").fg, Some(Color::Yellow));
+        assert_eq!(style_of(&buf, "healthy  │").fg, Some(Color::Green));
+        // An agent that left on purpose is dimmed, all of its row.
+        assert_eq!(style_of(&buf, "a-left").fg, Some(Color::DarkGray));
+    }
+
+    #[test]
+    fn a_short_agents_table_says_how_many_rows_it_hides_and_keeps_the_lost() {
+        let mut list: Vec<AgentRow> = (0..5)
+            .map(|i| agent(&format!("a-{i}"), AgentHealth::Healthy, 0.3, 2.0, 500))
+            .collect();
+        list.push(agent("a-gone", AgentHealth::Lost, 0.0, 0.0, 30_000));
+        // Two data rows fit between the borders and the header.
+        let buf = draw(list, 80, 5);
+        let all = rows(&buf);
+        assert!(
+            all[0].contains(" agents 1 lost (showing 2 of 6) "),
+            "{}",
+            all[0]
+        );
+        let shown = data_rows(&buf);
+        assert_eq!(shown.len(), 2);
+        assert!(shown[0].starts_with("a-gone "), "{shown:?}");
+        assert!(shown[1].starts_with("a-0 "), "{shown:?}");
+    }
+
+    #[test]
+    fn an_empty_agents_table_still_draws_its_frame() {
+        let buf = draw(vec![], 80, 4);
+        let all = rows(&buf);
+        assert!(all[0].starts_with("┌ agents ─"), "{}", all[0]);
+        assert!(all[1].contains("agent") && all[1].contains("health"));
+        assert!(all[3].starts_with("└"));
+    }
+}
