@@ -7,7 +7,7 @@
 const p = globalThis.__punisher;
 
 // Sockets by the engine's connection id.
-const sockets = new Map();
+const sockets = new p.ConnTable();
 const RESERVED = new Set(['connect', 'connect_error', 'disconnect', 'disconnecting', 'newListener', 'removeListener']);
 
 const isBinary = (v) => v instanceof ArrayBuffer || ArrayBuffer.isView(v);

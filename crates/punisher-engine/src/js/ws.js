@@ -3,7 +3,7 @@
 // Handlers run as the user that opened the connection.
 const p = globalThis.__punisher;
 
-const conns = new Map();
+const conns = new p.ConnTable();
 
 function pairs(o) {
   if (o === undefined || o === null) return [];
