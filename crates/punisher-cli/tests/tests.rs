@@ -1,8 +1,14 @@
 //! End-to-end tests of the `punisher` binary: exit codes, messages, summaries, signals.
-//! Each test runs the real binary against the demo target on a free loopback port.
+//! Each test runs the real binary against the demo target on a free loopback port (the
+//! `cluster_aws` ones against moto's EC2 server).
 
+mod cluster_aws;
 mod local_agents;
+// The moto EC2 server of punisher-launcher's tests, shared as source (no AWS SDK in it).
+#[path = "../../punisher-launcher/tests/util/moto.rs"]
+mod moto;
 mod results;
+mod skip;
 mod util;
 
 use util::{punisher, scenario};

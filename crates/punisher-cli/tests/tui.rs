@@ -2,12 +2,15 @@
 //! size), the test reads the screen with `capture-pane` and types with `send-keys`, as a
 //! person would. Every wait polls the screen against a deadline.
 //!
-//! Skipped (with a message) when tmux is not installed.
+//! Skipped with a SKIPPED line when tmux is not installed, and failed under CI.
+
+mod skip;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use skip::skip;
 use tokio::time::Instant;
 
 const WIDTH: u16 = 120;
@@ -184,7 +187,7 @@ fn users(screen: &str) -> Option<(u64, u64)> {
 #[tokio::test]
 async fn run_on_a_terminal_shows_the_dashboard_scales_and_stops() {
     if !have_tmux() {
-        eprintln!("tmux is not installed: skipped");
+        skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let results = tempfile::tempdir().unwrap();
@@ -306,7 +309,7 @@ impl Proc {
 #[tokio::test]
 async fn ctl_watch_attaches_starts_a_held_run_and_detaches() {
     if !have_tmux() {
-        eprintln!("tmux is not installed: skipped");
+        skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let results = tempfile::tempdir().unwrap();
@@ -443,7 +446,7 @@ fn local_run(results: &Path) -> String {
 #[tokio::test]
 async fn a_small_terminal_resizes_and_q_asks_before_stopping() {
     if !have_tmux() {
-        eprintln!("tmux is not installed: skipped");
+        skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let results = tempfile::tempdir().unwrap();
@@ -495,7 +498,7 @@ async fn a_small_terminal_resizes_and_q_asks_before_stopping() {
 #[tokio::test]
 async fn ctrl_c_restores_the_terminal_and_stops_the_run() {
     if !have_tmux() {
-        eprintln!("tmux is not installed: skipped");
+        skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let results = tempfile::tempdir().unwrap();
@@ -525,7 +528,7 @@ async fn ctrl_c_restores_the_terminal_and_stops_the_run() {
 #[tokio::test]
 async fn a_panic_in_the_dashboard_restores_the_terminal() {
     if !have_tmux() {
-        eprintln!("tmux is not installed: skipped");
+        skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let results = tempfile::tempdir().unwrap();
@@ -578,7 +581,7 @@ async fn a_panic_in_the_dashboard_restores_the_terminal() {
 #[tokio::test]
 async fn no_tui_on_a_terminal_prints_status_lines() {
     if !have_tmux() {
-        eprintln!("tmux is not installed: skipped");
+        skip("tmux is not installed (apt-get install tmux)");
         return;
     }
     let results = tempfile::tempdir().unwrap();

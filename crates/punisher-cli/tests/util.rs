@@ -32,8 +32,13 @@ pub(crate) fn command(args: &[&str]) -> Command {
 
 /// Runs punisher to its end (each test's scenario is bounded in time).
 pub(crate) fn punisher(args: &[&str]) -> Output {
+    run(command(args))
+}
+
+/// Runs a prepared [`command`] to its end.
+pub(crate) fn run(mut command: Command) -> Output {
     let start = Instant::now();
-    let out = command(args).output().expect("run punisher");
+    let out = command.output().expect("run punisher");
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

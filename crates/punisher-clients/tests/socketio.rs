@@ -1,7 +1,7 @@
 //! Compatibility tests of our Engine.IO/Socket.IO client against the real Socket.IO server
 //! (npm `socket.io` 4.x run by node on 127.0.0.1; see `tests/js/sio_server.js` and
-//! [`crate::util`] for what it needs). Without node and socket.io each test prints why it is
-//! skipped and passes.
+//! [`crate::util`] for what it needs). Without node and socket.io each test says why it is
+//! SKIPPED and passes, or fails under CI.
 
 use std::time::Duration;
 

@@ -275,6 +275,21 @@ impl UpPlan {
                 pricing::AUTO_MARGIN * 100.0
             );
         }
+        if self.config.max_price == MaxPrice::Auto
+            && self
+                .regions
+                .iter()
+                .flat_map(|r| r.candidates.first())
+                .any(|c| c.on_demand_known)
+        {
+            // The built-in table holds us-east-1 prices only (no pricing API is called): say
+            // so, since the cap is then not the region's own on-demand price.
+            let _ = writeln!(
+                s,
+                "bids are capped by the us-east-1 on-demand price (built-in table) in every \
+                 region; a region's own on-demand price may be higher"
+            );
+        }
         let _ = writeln!(
             s,
             "instances terminate by themselves at {} (punisher:expires-at)",
