@@ -8,6 +8,9 @@
 //! then prints its output). Tests wait on lines a process prints, on `ctl status` and on
 //! the servers' counters, each with a deadline.
 
+#[path = "../../../test-support/skip.rs"]
+mod skip;
+
 #[path = "cluster/harness.rs"]
 mod harness;
 #[path = "cluster/partition.rs"]
@@ -747,14 +750,9 @@ async fn partitioned_agent_is_lost_and_rejoins_when_healed() {
     let ns = match partition::Netns::create() {
         Ok(ns) => ns,
         Err(e) => {
-            // Written to the process's stderr, past the test harness's capture: a skip
-            // must be seen, not pass silently.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED partitioned_agent_is_lost_and_rejoins_when_healed: cannot create a \
-                 network namespace here (needs root and iproute2): {e}"
-            );
+            crate::skip::skip(format!(
+                "cannot create a network namespace here (needs root and iproute2): {e}"
+            ));
             return;
         }
     };

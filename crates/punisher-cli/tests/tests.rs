@@ -8,6 +8,7 @@ mod local_agents;
 #[path = "../../punisher-launcher/tests/util/moto.rs"]
 mod moto;
 mod results;
+#[path = "../../../test-support/skip.rs"]
 mod skip;
 mod util;
 

@@ -4,6 +4,7 @@
 //!
 //! Skipped with a SKIPPED line when tmux is not installed, and failed under CI.
 
+#[path = "../../../test-support/skip.rs"]
 mod skip;
 
 use std::path::{Path, PathBuf};

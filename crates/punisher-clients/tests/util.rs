@@ -7,7 +7,10 @@
 //! `PUNISHER_NODE` the node binary (default `node`). Without them a test that needs the
 //! server says why it is SKIPPED and passes, or fails under CI ([`skip`]).
 
-use std::io::Write as _;
+#[path = "../../../test-support/skip.rs"]
+mod skip;
+pub(crate) use skip::skip;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -28,18 +31,6 @@ impl NodeServer {
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
-}
-
-/// A test that cannot run here because `reason` (a tool is missing). Under CI (`CI` set, as
-/// `.ci/run` does) that is a failure: CI installs every tool the tests need, and a skip
-/// would look like a pass. Elsewhere it says SKIPPED on the process's stderr, past the
-/// harness's capture of the test's output, so that `cargo test` shows it.
-pub(crate) fn skip(reason: impl std::fmt::Display) {
-    let test = std::thread::current().name().unwrap_or("a test").to_owned();
-    if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") {
-        panic!("{test} cannot run under CI: {reason}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
 }
 
 /// Starts the node server, or returns `None` (after [`skip`]) when node or socket.io is

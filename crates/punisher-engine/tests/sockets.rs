@@ -317,7 +317,9 @@ async fn node_server() -> Option<Node> {
     let modules = std::env::var("PUNISHER_NODE_MODULES")
         .unwrap_or_else(|_| "/tmp/sio-server/node_modules".to_owned());
     if !PathBuf::from(&modules).join("socket.io").is_dir() {
-        eprintln!("SKIP: socket.io not found in {modules} (set PUNISHER_NODE_MODULES)");
+        skip(format!(
+            "socket.io not found in {modules} (scripts/test installs it; set PUNISHER_NODE_MODULES)"
+        ));
         return None;
     }
     let node = std::env::var("PUNISHER_NODE").unwrap_or_else(|_| "node".to_owned());
@@ -334,7 +336,7 @@ async fn node_server() -> Option<Node> {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("SKIP: cannot run {node}: {e}");
+            skip(format!("cannot run {node}: {e}"));
             return None;
         }
     };

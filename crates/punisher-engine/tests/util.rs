@@ -1,6 +1,10 @@
 //! Test helpers: a tiny HTTP/1.1 server on 127.0.0.1:0 that records what it saw, scenario
 //! files in a temp dir, and running an engine to its end.
 
+#[path = "../../../test-support/skip.rs"]
+mod skip;
+pub(crate) use skip::skip;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

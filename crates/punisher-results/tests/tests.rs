@@ -16,7 +16,7 @@ use punisher_results::{
     Journal, LiveNumbers, ReportInput, ResultsDir, RunFigures, Timeline, Tolerance, compare,
     prometheus, render_html,
 };
-use util::{START_MS, WEIRD_NAME, fixture_seconds, run_info, summary_of, totals_of};
+use util::{START_MS, WEIRD_NAME, fixture_seconds, run_info, skip, summary_of, totals_of};
 
 fn journal_run(
     dir: &ResultsDir,
@@ -391,7 +391,7 @@ fn report_renders_in_headless_chromium() {
         .into_iter()
         .find(|p| Path::new(p).exists());
     let Some(chromium) = chromium else {
-        eprintln!("skipped: /usr/bin/chromium is not installed (apt-get install chromium)");
+        skip("/usr/bin/chromium is not installed (apt-get install chromium)");
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -1,6 +1,10 @@
 //! Test fixtures: a deterministic run of a few seconds recorded like the engine records,
 //! with awkward names (markup, commas, spaces) on purpose.
 
+#[path = "../../../test-support/skip.rs"]
+mod skip;
+pub(crate) use skip::skip;
+
 use punisher_metrics::{
     MetricKind, Recorder, Snapshot, Summary, SummaryMeta, Tags, Threshold, Totals, ValueType,
 };

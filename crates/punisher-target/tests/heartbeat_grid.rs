@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use punisher_target::{TargetConfig, spawn_local_target};
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "util.rs"]
 mod util;
 

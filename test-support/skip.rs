@@ -1,4 +1,5 @@
-//! Tests that cannot run here (a tool is missing) say so, and fail under CI.
+//! Shared by the integration tests of every crate (`#[path]` include): tests that cannot
+//! run here because a tool is missing say so, and fail under CI.
 
 use std::io::Write as _;
 
