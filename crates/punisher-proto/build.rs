@@ -2,7 +2,9 @@
 //! fresh machine) and generates the prost messages and tonic services.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not baked in with env!: cargo may reuse this build script's binary
+    // for a checkout at another path (a fresh CI clone beside a shared target directory).
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["punisher/v1/agent.proto", "punisher/v1/admin.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
