@@ -893,6 +893,7 @@ impl Agent {
             seq,
             snapshot: report.snapshot.encode().into(),
             active_users: report.active_users,
+            peak_users: report.peak_users,
             target_users: report.target_users,
             arrived_users: report.arrived_users,
             open_connections: report.open_connections,

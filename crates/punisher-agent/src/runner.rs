@@ -103,6 +103,8 @@ pub(crate) async fn load(req: LoadRequest) -> Result<LoadedRun, String> {
 pub(crate) struct RunnerReport {
     pub(crate) snapshot: Snapshot,
     pub(crate) active_users: u64,
+    /// The most users active at once during the second (sum of the workers' peaks).
+    pub(crate) peak_users: u64,
     pub(crate) target_users: u64,
     pub(crate) arrived_users: u64,
     /// TCP connections and WebSocket/Socket.IO sessions open now, over all workers.
@@ -181,6 +183,7 @@ fn next_tick() -> Instant {
 #[derive(Default, Clone, Copy)]
 struct WorkerState {
     active: u64,
+    peak: u64,
     target: u64,
     arrived: u64,
     cpu: f64,
@@ -200,6 +203,7 @@ async fn run(
             Snapshot::empty(s, s + 1000)
         },
         active_users: 0,
+        peak_users: 0,
         target_users: 0,
         arrived_users: 0,
         open_connections: 0,
@@ -290,6 +294,7 @@ async fn run(
                     }
                     workers.insert(r.worker, WorkerState {
                         active: if r.finished { 0 } else { r.active_users },
+                        peak: r.peak_users,
                         target: r.target_users,
                         arrived: r.arrived_users,
                         cpu: r.cpu_busy,
@@ -420,6 +425,7 @@ impl Seconds {
             left_over: punisher_engine::LeftOver::default(),
             snapshot,
             active_users: workers.values().map(|w| w.active).sum(),
+            peak_users: workers.values().map(|w| w.peak).sum(),
             target_users: workers.values().map(|w| w.target).sum(),
             arrived_users: workers.values().map(|w| w.arrived).sum(),
             open_connections: workers.values().map(|w| w.connections).sum(),

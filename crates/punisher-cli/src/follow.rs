@@ -377,6 +377,7 @@ pub(crate) fn status_line(view: &RunView, planned: Duration) -> String {
             worker: 0,
             snapshot: Snapshot::empty(0, 0),
             active_users: view.active_users,
+            peak_users: view.active_users,
             target_users: view.target_users,
             arrived_users: view.arrived_users,
             finished: false,

@@ -357,6 +357,10 @@ fn run_json_hashes_the_whole_bundle_and_shows_the_overrides() {
         .filter_map(|a| a.as_str())
         .collect();
     assert!(args.windows(2).any(|w| w == ["--vus", "7"]), "{args:?}");
+    // All 7 users counted, though a one-second run may end before a report sees them
+    // active (the agents report each second's peak).
+    let summary = read_json(&a.join("summary.json"));
+    assert_eq!(summary["meta"]["vus_max"], 7, "{}", summary["meta"]);
 
     // Every file of the bundle, relative to the entry's folder, with its own hash.
     let sha = |rel: &str| punisher_results::sha256_hex(&std::fs::read(sc.join(rel)).unwrap());

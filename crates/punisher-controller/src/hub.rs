@@ -580,6 +580,9 @@ impl Hub {
         a.reports += 1;
         a.requests += requests as u64;
         a.active_users = report.active_users;
+        a.peak_users = report.peak_users.max(report.active_users);
+        // At least this agent's peak, also when the run ends before the next tick sums them.
+        run.vus_max = run.vus_max.max(a.peak_users);
         a.target_users = report.target_users;
         a.arrived_users = report.arrived_users;
         a.cpu_busy_max = report.cpu_busy_max;
@@ -1358,6 +1361,7 @@ impl Hub {
                 .collect()
         };
         let mut active = 0;
+        let mut peak = 0;
         let mut live = 0;
         let mut open_connections = 0;
         let mut open_sockets = 0;
@@ -1366,13 +1370,16 @@ impl Hub {
                 live += 1;
                 let users = agent.assignment.as_ref().map_or(0, |a| a.active_users);
                 active += users;
+                peak += agent.assignment.as_ref().map_or(0, |a| a.peak_users);
                 open_connections += agent.assignment.as_ref().map_or(0, |a| a.open_connections);
                 open_sockets += agent.assignment.as_ref().map_or(0, |a| a.open_sockets);
                 let peak = run.peak_users.entry(id.clone()).or_insert(0);
                 *peak = (*peak).max(users);
             }
         }
-        run.vus_max = run.vus_max.max(active);
+        // The agents' peaks of their last seconds: may add up users of different instants
+        // of one second, never misses a user who came and went between two ticks.
+        run.vus_max = run.vus_max.max(active).max(peak);
         let live = LiveNumbers {
             users_active: active,
             users_target: run.target_users,

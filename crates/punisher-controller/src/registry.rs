@@ -67,6 +67,8 @@ pub(crate) struct Assignment {
     pub(crate) last_second: u64,
     pub(crate) finished: bool,
     pub(crate) active_users: u64,
+    /// The most users active at once during the last reported second.
+    pub(crate) peak_users: u64,
     pub(crate) target_users: u64,
     pub(crate) arrived_users: u64,
     pub(crate) cpu_busy_max: f64,
@@ -94,6 +96,7 @@ impl Assignment {
             last_second: 0,
             finished: false,
             active_users: 0,
+            peak_users: 0,
             target_users: 0,
             arrived_users: 0,
             cpu_busy_max: 0.0,

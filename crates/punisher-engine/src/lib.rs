@@ -119,6 +119,8 @@ pub struct WorkerReport {
     pub snapshot: punisher_metrics::Snapshot,
     /// Users in a session or an iteration right now.
     pub active_users: u64,
+    /// The most users in a session or an iteration at once since the previous report.
+    pub peak_users: u64,
     /// This worker's share of the wanted users.
     pub target_users: u64,
     /// Users (or arrivals) started so far.

@@ -187,6 +187,9 @@ pub(crate) struct State {
     errors_logged: RefCell<HashSet<String>>,
     /// Users in an iteration (or a session) right now.
     pub(crate) active: Cell<u64>,
+    /// The most users active at once since the last report: a user who starts and ends
+    /// between two reports still counts towards `vus_max`.
+    pub(crate) peak_active: Cell<u64>,
     /// Woken whenever a user ends, for drains.
     pub(crate) user_ended: Notify,
     /// The users' WebSocket and Socket.IO connections.
@@ -227,6 +230,7 @@ impl State {
             hidden: RefCell::new(None),
             errors_logged: RefCell::new(HashSet::new()),
             active: Cell::new(0),
+            peak_active: Cell::new(0),
             user_ended: Notify::new(),
             conns: crate::js::Conns::new(),
         })

@@ -423,7 +423,9 @@ async fn wait(rx: &mut watch::Receiver<Commands>, until: Instant) -> bool {
 }
 
 fn user_started(state: &State) {
-    state.active.set(state.active.get() + 1);
+    let active = state.active.get() + 1;
+    state.active.set(active);
+    state.peak_active.set(state.peak_active.get().max(active));
 }
 
 fn user_ended(state: &State) {
@@ -719,6 +721,7 @@ fn make_report(sched: &Sched, finished: bool, lag: Duration) -> WorkerReport {
         worker: sched.state.worker,
         snapshot,
         active_users: sched.state.active.get(),
+        peak_users: sched.state.peak_active.replace(sched.state.active.get()),
         target_users: sched.target.get(),
         arrived_users: sched.arrived.get(),
         finished,
