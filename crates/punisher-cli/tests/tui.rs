@@ -137,6 +137,22 @@ impl Tmux {
         self.run(&["send-keys", "-t", "main", "-l", keys]);
     }
 
+    /// Waits for the command to end and checks that it gave the terminal back: the main
+    /// screen, cooked mode (`TTY=icanon echo`) and exit code 0. Returns the whole history.
+    async fn wait_for_clean_exit(&self) -> String {
+        let screen = self
+            .wait_for("the run to end", Duration::from_secs(60), |s| {
+                // The last line the shell prints after the command.
+                s.contains("TTY=")
+            })
+            .await;
+        assert!(!self.alternate_on(), "{screen}");
+        let all = self.history();
+        assert!(all.contains("EXIT=0"), "{all}");
+        assert!(all.contains("TTY=icanon echo"), "{all}");
+        all
+    }
+
     /// Polls the screen until `done` holds or `timeout` passes; returns that screen.
     async fn wait_for(
         &self,
@@ -248,16 +264,7 @@ async fn run_on_a_terminal_shows_the_dashboard_scales_and_stops() {
     // `x`: a graceful stop; the dashboard leaves and the summary is printed on the normal
     // screen.
     tmux.type_keys("x");
-    let screen = tmux
-        .wait_for("the run to end", Duration::from_secs(60), |s| {
-            // The last line the shell prints after the command.
-            s.contains("TTY=")
-        })
-        .await;
-    assert!(!tmux.alternate_on(), "{screen}");
-    let all = tmux.history();
-    assert!(all.contains("EXIT=0"), "{all}");
-    assert!(all.contains("TTY=icanon echo"), "{all}");
+    let all = tmux.wait_for_clean_exit().await;
     assert!(all.contains("http_req_duration"), "the summary:\n{all}");
     assert!(all.contains("stopped by the operator"), "{all}");
     // Nothing of the dashboard is left on the normal screen.
@@ -482,15 +489,7 @@ async fn a_small_terminal_resizes_and_q_asks_before_stopping() {
     })
     .await;
     tmux.type_keys("y");
-    let screen = tmux
-        .wait_for("the run to end", Duration::from_secs(60), |s| {
-            // The last line the shell prints after the command.
-            s.contains("TTY=")
-        })
-        .await;
-    assert!(!tmux.alternate_on(), "{screen}");
-    let all = tmux.history();
-    assert!(all.contains("EXIT=0"), "{all}");
+    let all = tmux.wait_for_clean_exit().await;
     assert!(all.contains("stopped by the operator"), "{all}");
 }
 
@@ -509,18 +508,9 @@ async fn ctrl_c_restores_the_terminal_and_stops_the_run() {
     })
     .await;
     tmux.press("C-c");
-    let screen = tmux
-        .wait_for("the run to end", Duration::from_secs(60), |s| {
-            // The last line the shell prints after the command.
-            s.contains("TTY=")
-        })
-        .await;
-    assert!(!tmux.alternate_on(), "{screen}");
-    let all = tmux.history();
-    assert!(all.contains("EXIT=0"), "{all}");
+    let all = tmux.wait_for_clean_exit().await;
     assert!(all.contains("http_req_duration"), "{all}");
     assert!(all.contains("stopped by the operator"), "{all}");
-    assert!(all.contains("TTY=icanon echo"), "{all}");
 }
 
 /// A panic while the dashboard draws (forced with the test-only key of
@@ -555,15 +545,7 @@ async fn a_panic_in_the_dashboard_restores_the_terminal() {
         .await;
     assert!(!tmux.alternate_on(), "{screen}");
     // The run goes on: status lines, then the summary.
-    let screen = tmux
-        .wait_for("the run to end", Duration::from_secs(60), |s| {
-            s.contains("TTY=")
-        })
-        .await;
-    assert!(!tmux.alternate_on(), "{screen}");
-    let all = tmux.history();
-    assert!(all.contains("EXIT=0"), "{all}");
-    assert!(all.contains("TTY=icanon echo"), "{all}");
+    let all = tmux.wait_for_clean_exit().await;
     let panic_at = all.find("panicked").unwrap();
     assert!(
         all[panic_at..].contains(punisher_tui::PANIC_KEY_ENV),

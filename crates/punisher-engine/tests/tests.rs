@@ -992,19 +992,8 @@ export default async function () {
         0.0
     );
     let logins = srv.requests("/login");
-    let names: std::collections::BTreeSet<String> = logins
-        .iter()
-        .map(|r| {
-            r.path
-                .split("u=")
-                .nth(1)
-                .unwrap()
-                .split('&')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let names: std::collections::BTreeSet<String> =
+        logins.iter().map(|r| login_name(&r.path)).collect();
     assert_eq!(logins.len(), 50);
     assert_eq!(names.len(), 50, "a row was used twice: {logins:?}");
     assert!(names.iter().all(|n| {
@@ -1025,17 +1014,14 @@ export default async function () {
     let mut names: Vec<String> = srv
         .requests("/login")
         .iter()
-        .map(|r| {
-            r.path
-                .split("u=")
-                .nth(1)
-                .unwrap()
-                .split('&')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|r| login_name(&r.path))
         .collect();
     names.sort();
     assert_eq!(names, ["a", "b", "c", "d", "e"]);
+}
+
+/// The `u` query parameter of a `/login?u=NAME` request: the account a user took.
+fn login_name(path: &str) -> String {
+    let query = path.split("u=").nth(1).unwrap();
+    query.split('&').next().unwrap().to_owned()
 }

@@ -282,28 +282,15 @@ fn scaled(target: u64, factor: f64) -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use punisher_core::view::Charts;
-
     use super::*;
 
     fn view(state: RunState, target: u64) -> RunView {
         RunView {
             run_id: "r1".into(),
-            scenario: "s.js".into(),
             state,
-            elapsed_secs: 0.0,
             planned_secs: 60.0,
-            users_active: 0,
             users_target: target,
-            users_arrived: 0,
-            requests_per_sec: 0.0,
-            error_rate: 0.0,
-            thresholds: vec![],
-            charts: Charts::default(),
-            requests: vec![],
-            agents: vec![],
-            barriers: vec![],
-            log: vec![],
+            ..crate::render::testing::empty_view()
         }
     }
 

@@ -176,7 +176,7 @@ mod tests {
     use std::time::Duration;
 
     use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-    use punisher_core::view::{Charts, RunState};
+    use punisher_core::view::RunState;
     use ratatui::backend::TestBackend;
 
     use super::*;
@@ -184,7 +184,6 @@ mod tests {
     fn view(state: RunState, target: u64) -> RunView {
         RunView {
             run_id: "r1".into(),
-            scenario: "s.js".into(),
             state,
             elapsed_secs: 1.0,
             planned_secs: 60.0,
@@ -192,13 +191,7 @@ mod tests {
             users_target: target,
             users_arrived: target,
             requests_per_sec: 1.0,
-            error_rate: 0.0,
-            thresholds: vec![],
-            charts: Charts::default(),
-            requests: vec![],
-            agents: vec![],
-            barriers: vec![],
-            log: vec![],
+            ..crate::render::testing::empty_view()
         }
     }
 
