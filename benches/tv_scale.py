@@ -401,7 +401,8 @@ def main():
     ap.add_argument("--generator-nice", type=int, default=0,
                     help="run the generator (run, controller, agents) at this niceness, e.g. 5: on one machine "
                          "the target stands for a backend on other machines and should not be starved by it "
-                         "(default 0)")
+                         "(default 0; at 300,000 viewers nice 5 made the agents answer pings too late and "
+                         "the target dropped them: benches/RESULTS.md)")
     ap.add_argument("--generator", choices=["auto", "local", "cluster"], default="auto")
     ap.add_argument("--agents", type=int, help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS})")
     ap.add_argument("--punisher", default=str(PUNISHER))
