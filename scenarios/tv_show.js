@@ -8,10 +8,11 @@
 //
 // __ENV: API (one URL or a comma-separated list to spread users over), SNS_RATIO (0.2),
 // POLLING_RATIO (0.2), POLL_INTERVAL seconds (30), VOTE_MIN / VOTE_MAX seconds (5 / 15),
-// BARRIER_TIMEOUT ('10m'), QUESTION_TIMEOUT ('10m').
+// BARRIER_TIMEOUT ('10m'), QUESTION_TIMEOUT ('10m'), VOTE_VIA ('http', or 'socket': the vote is
+// a Socket.IO `vote` event with an ack on the viewer's open connection, no new request).
 import http from 'punisher/http';
 import { io } from 'punisher/socketio';
-import { barrier, check, randomBetween, sleep, vu, Rate } from 'punisher';
+import { barrier, check, randomBetween, sleep, vu, Counter, Rate } from 'punisher';
 
 const APIS = (__ENV.API || 'http://127.0.0.1:8080').split(',').map((u) => u.trim()).filter(Boolean);
 const SNS_RATIO = Number(__ENV.SNS_RATIO || 0.2);
@@ -19,9 +20,13 @@ const POLLING_RATIO = Number(__ENV.POLLING_RATIO || 0.2);
 const POLL_INTERVAL_MS = Number(__ENV.POLL_INTERVAL || 30) * 1000;
 const VOTE_MIN = Number(__ENV.VOTE_MIN || 5);
 const VOTE_MAX = Number(__ENV.VOTE_MAX || 15);
+const VOTE_VIA = __ENV.VOTE_VIA || 'http';
+if (VOTE_VIA !== 'http' && VOTE_VIA !== 'socket') throw new Error(`VOTE_VIA must be http or socket, not ${VOTE_VIA}`);
 
 // Every user adds exactly one sample: true when the question reached it.
 const questionReceived = new Rate('question_received');
+// Votes sent, either way (HTTP or Socket.IO), to compare with what the target counted.
+const votesSent = new Counter('votes_sent');
 
 export const options = {
   users: 2000,
@@ -69,8 +74,16 @@ export default async function () {
     const q = await question;
     received = true;
     await sleep(randomBetween(VOTE_MIN, VOTE_MAX));
-    const vote = await http.post(`${api}/api/vote`, { choice: (q.id + vu.idInTest) % 4 }, { name: 'vote' });
-    check(vote, { 'vote accepted': (r) => r.status === 200 });
+    const choice = (q.id + vu.idInTest) % 4;
+    votesSent.add(1);
+    if (VOTE_VIA === 'socket') {
+      // A lost or late ack is a failed check, like a failed HTTP vote, not an exception.
+      const ack = await socket.timeout(60_000).emitWithAck('vote', { choice }).catch(() => null);
+      check(ack, { 'vote accepted': (a) => a && a.ok === true });
+    } else {
+      const vote = await http.post(`${api}/api/vote`, { choice }, { name: 'vote' });
+      check(vote, { 'vote accepted': (r) => r.status === 200 });
+    }
   } finally {
     questionReceived.add(received);
     clearInterval(poll);
