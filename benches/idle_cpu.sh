@@ -7,6 +7,7 @@
 # Bounded: the users leave after HOLD seconds (default 80) and everything is stopped.
 #   N=10000 T=polling BIN=target/release/punisher bash benches/idle_cpu.sh
 #   N=100000 TPROCS=6 AGENTS=6 RAMP=60s IDLE_AT=80 HOLD=120 bash benches/idle_cpu.sh
+# MAP=spread spreads users over the target processes with `spread()` (default: id modulo).
 # EXTRA=timers|http|all adds what a waiting tv_show viewer holds (see the scenario).
 # GRID=100ms passes --heartbeat-grid to the target (Engine.IO pings on a shared grid).
 set -euo pipefail
@@ -30,7 +31,7 @@ for _ in $(seq 1 200); do
   sleep 0.1
 done
 "$BIN" run "$SCENARIO" --users "$N" --ramp-up "$RAMP" --agents "$AGENTS" --no-tui --no-results \
-  -e API="$API" -e TRANSPORT="$T" -e HOLD="$HOLD" -e EXTRA="${EXTRA:-}" \
+  -e API="$API" -e TRANSPORT="$T" -e HOLD="$HOLD" -e EXTRA="${EXTRA:-}" -e MAP="${MAP:-}" \
   > "$OUT/run.log" 2>&1 &
 RP=$!
 sleep "${IDLE_AT:-25}"

@@ -407,7 +407,9 @@ def main():
                          "(default 0; at 300,000 viewers nice 5 made the agents answer pings too late and "
                          "the target dropped them: benches/RESULTS.md)")
     ap.add_argument("--generator", choices=["auto", "local", "cluster"], default="auto")
-    ap.add_argument("--agents", type=int, help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS})")
+    ap.add_argument("--agents", type=int,
+                    help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS} with HTTP votes, x 1.5 with "
+                         "Socket.IO votes: a viewer holds its socket, two for polling, and an HTTP vote opens one more)")
     ap.add_argument("--punisher", default=str(PUNISHER))
     ap.add_argument("--scenario", default=str(ROOT / "scenarios" / "tv_show.js"))
     ap.add_argument("--no-sysctl", action="store_true", help="do not touch kernel settings")
@@ -423,7 +425,8 @@ def main():
         sys.exit(f"{punisher} not found: cargo build --release -p punisher-cli")
     users, ramp = args.users, parse_duration(args.ramp)
     tprocs = args.target_processes or max(1, math.ceil(users * 1.3 / FDS_PER_PROCESS))
-    agents = args.agents or max(1, math.ceil(users * 2.5 / FDS_PER_PROCESS))
+    fds_per_viewer = 1.5 if args.vote_via == "socket" else 2.5
+    agents = args.agents or max(1, math.ceil(users * fds_per_viewer / FDS_PER_PROCESS))
     mode = args.generator
     if mode == "auto":
         mode = "local" if has_local_agents(punisher) else "cluster"

@@ -12,7 +12,7 @@
 // a Socket.IO `vote` event with an ack on the viewer's open connection, no new request).
 import http from 'punisher/http';
 import { io } from 'punisher/socketio';
-import { barrier, check, randomBetween, sleep, vu, Counter, Rate } from 'punisher';
+import { barrier, check, randomBetween, sleep, spread, vu, Counter, Rate } from 'punisher';
 
 const APIS = (__ENV.API || 'http://127.0.0.1:8080').split(',').map((u) => u.trim()).filter(Boolean);
 const SNS_RATIO = Number(__ENV.SNS_RATIO || 0.2);
@@ -43,8 +43,9 @@ export const options = {
 };
 
 export default async function () {
-  // Users are spread over the API URLs by their test-wide id, so every agent agrees.
-  const api = APIS[(vu.idInTest - 1) % APIS.length];
+  // Each URL gets an equal share of the users and each agent a contiguous few of the URLs,
+  // so that one server's burst of heartbeats wakes a few agents, not all of them.
+  const api = spread(APIS);
   const sns = Math.random() < SNS_RATIO;
   const login = await http.post(
     `${api}/login`,

@@ -6,7 +6,7 @@
 // login first (its pooled keep-alive connection), 'all' = both.
 import http from 'punisher/http';
 import { io } from 'punisher/socketio';
-import { sleep, vu } from 'punisher';
+import { sleep, spread, vu } from 'punisher';
 
 const APIS = (__ENV.API || 'http://127.0.0.1:8080').split(',');
 
@@ -16,7 +16,9 @@ export const options = {
 };
 
 export default async function () {
-  const api = APIS[(vu.idInTest - 1) % APIS.length];
+  // MAP=spread: `spread(APIS)`, each agent on a contiguous few of the APIs; default: the
+  // user's id modulo the number of APIs, every agent on all of them.
+  const api = __ENV.MAP === 'spread' ? spread(APIS) : APIS[(vu.idInTest - 1) % APIS.length];
   const extra = __ENV.EXTRA || '';
   if (extra === 'http' || extra === 'all') {
     await http.post(`${api}/login`, { guest: true }, { name: 'login' });

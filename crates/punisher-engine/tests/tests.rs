@@ -1020,6 +1020,75 @@ export default async function () {
     assert_eq!(names, ["a", "b", "c", "d", "e"]);
 }
 
+/// `spread(items)`: over two engines (two agents) of 2 workers each and 4 URLs, every URL
+/// gets a quarter of the 40 users, and each agent's users use only half of the URLs (a
+/// contiguous slice), where `idInTest % 4` would send every agent to all four. Outside a
+/// user (init code) it throws a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spread_gives_each_agent_a_contiguous_slice_of_the_items() {
+    let srv = server().await;
+    let main = r#"
+import http from 'punisher/http';
+import { spread, vu } from 'punisher';
+export const options = { users: 40, rampUp: '500ms' };
+export default async function () {
+  const url = spread(['a', 'b', 'c', 'd']);
+  await http.get(`${__ENV.API}/pick?url=${url}&agent=${__ENV.AGENT}&vu=${vu.idInTest}`);
+}
+"#;
+    let f = Files::new(&[("main.js", main)]);
+    let halves = punisher_core::Segment::FULL.split(&[1.0, 1.0]);
+    let mut handles = Vec::new();
+    for (agent, half) in halves.iter().enumerate() {
+        let mut vars = env(&srv);
+        vars.insert("AGENT".into(), agent.to_string());
+        let s = Arc::new(inspect(Bundle::from_path(&f.path("main.js")).unwrap(), &vars).unwrap());
+        let mut cfg = config(&s, 2, vars);
+        cfg.segment = *half;
+        handles.push(start(s, cfg, json!(null)).unwrap());
+    }
+    for h in handles {
+        finish(h, Duration::from_secs(20)).await;
+    }
+    let picks: Vec<(String, String)> = srv
+        .requests("/pick")
+        .iter()
+        .map(|r| {
+            let q = r.path.split('?').nth(1).unwrap();
+            let field = |k: &str| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .unwrap()
+                    .to_owned()
+            };
+            (field("url"), field("agent"))
+        })
+        .collect();
+    assert_eq!(picks.len(), 40);
+    for url in ["a", "b", "c", "d"] {
+        assert_eq!(
+            picks.iter().filter(|(u, _)| u == url).count(),
+            10,
+            "{picks:?}"
+        );
+    }
+    let urls_of = |agent: &str| -> std::collections::BTreeSet<&str> {
+        picks
+            .iter()
+            .filter(|(_, a)| a == agent)
+            .map(|(u, _)| u.as_str())
+            .collect()
+    };
+    assert_eq!(urls_of("0"), ["a", "b"].into());
+    assert_eq!(urls_of("1"), ["c", "d"].into());
+
+    let err = inspect_err(&[(
+        "main.js",
+        "import { spread } from 'punisher';\nconst x = spread(['a']);\nexport default function () {}\n",
+    )]);
+    assert!(err.contains("spread picks by the current user"), "{err}");
+}
+
 /// The `u` query parameter of a `/login?u=NAME` request: the account a user took.
 fn login_name(path: &str) -> String {
     let query = path.split("u=").nth(1).unwrap();
