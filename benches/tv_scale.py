@@ -395,7 +395,10 @@ def main():
     ap.add_argument("--vote-via", choices=["http", "socket"], default="http",
                     help="vote with an HTTP POST (default) or a Socket.IO `vote` event with an ack")
     ap.add_argument("--poll-interval", type=float, default=600,
-                    help="seconds between timeline polls per user (default 600: about none in the run)")
+                    help="seconds between timeline polls per user (default 600). Each poll comes after the "
+                         "target closed the viewer's idle connection (--keep-alive), so it opens a new one: at 300,000 "
+                         "over a 30-minute ramp that is 500 polls/s by the end, ~0.5 core a side on a 2-core host "
+                         "(benches/RESULTS.md); a value longer than the run leaves the polls out")
     ap.add_argument("--target-processes", type=int, help=f"default: users x 1.3 / {FDS_PER_PROCESS}")
     ap.add_argument("--keep-alive", default="5s",
                     help="the target closes HTTP connections idle this long (default 5s, node's keepAliveTimeout)")
