@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 
-def run_punisher(url, duration, workers):
+def run_punisher(url, duration, workers, binary=None):
     out = Path(tempfile.mkdtemp()) / "summary.json"
-    m = common.measure([str(common.PUNISHER), "run", str(common.ROOT / "benches/scenarios/http_loop.js"), "--quiet",
+    m = common.measure([str(binary or common.PUNISHER), "run", str(common.ROOT / "benches/scenarios/http_loop.js"), "--quiet",
                         "--workers", str(workers), "-e", f"URL={url}", "-e", f"DURATION={duration}s",
                         "--summary-json", str(out)], timeout=duration + 60)
     if m.code != 0:
@@ -52,11 +52,16 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-oha", action="store_true")
+    ap.add_argument("--compare", metavar="BINARY", action="append", default=[],
+                    help="also measure this punisher build, alternating with the others (tell a regression "
+                         "from a different host: run an older build beside the current one)")
     args = ap.parse_args()
     common.build_release()
     server, port = common.start_nginx()
     url = f"http://127.0.0.1:{port}/"
     tools = {"punisher": lambda: run_punisher(url, args.duration, args.workers), "wrk": lambda: run_wrk(url, args.duration)}
+    for binary in args.compare:
+        tools[f"punisher@{binary}"] = lambda b=binary: run_punisher(url, args.duration, args.workers, b)
     if not args.no_oha:
         tools["oha"] = lambda: run_oha(url, args.duration)
     results = {name: [] for name in tools}
