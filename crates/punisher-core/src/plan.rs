@@ -627,8 +627,16 @@ impl Segment {
 
     /// Whether user or arrival number `k` (0-based, test-wide) belongs to this segment.
     pub fn owns(&self, k: u64) -> bool {
-        let x = radical_inverse(k);
+        let x = Segment::position(k);
         x >= self.start && x < self.end
+    }
+
+    /// Where user or arrival number `k` sits in `[0, 1)`: the base-2 radical inverse of `k`
+    /// (its bits mirrored behind the binary point). A segment owns the numbers whose position
+    /// it contains, so consecutive numbers land far apart and every segment gets its share
+    /// of any prefix.
+    pub fn position(k: u64) -> f64 {
+        (k.reverse_bits() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// The share of the test this segment holds.
@@ -668,11 +676,6 @@ impl Segment {
     pub fn owned_below(&self, n: u64) -> impl Iterator<Item = u64> + '_ {
         (0..n).filter(|k| self.owns(*k))
     }
-}
-
-/// The base-2 radical inverse of `k`: its bits mirrored behind the binary point.
-fn radical_inverse(k: u64) -> f64 {
-    (k.reverse_bits() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]

@@ -41,6 +41,20 @@ pub(super) fn install<'js>(ctx: &Ctx<'js>, state: &Rc<State>) -> JsResult<Object
         "vuIdInTest",
         Function::new(ctx.clone(), move || vu_field(&s, |v| v.id_in_test))?,
     )?;
+    // Where the current user sits in [0, 1) (`Segment::position`, the order that deals users
+    // out to agents and workers), for `spread`; -1 outside a user.
+    let s = state.clone();
+    p.set(
+        "vuPosition",
+        Function::new(ctx.clone(), move || {
+            let id = vu_field(&s, |v| v.id_in_test);
+            if id < 1.0 {
+                -1.0
+            } else {
+                punisher_core::Segment::position(id as u64 - 1)
+            }
+        })?,
+    )?;
     let s = state.clone();
     p.set(
         "vuIteration",

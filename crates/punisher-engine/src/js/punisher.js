@@ -91,14 +91,6 @@ export function barrier(name, opts) {
   return p.barrier(String(name), opts ? opts.timeout : undefined);
 }
 
-// Where user k (0-based) sits in [0, 1): its bits mirrored behind the binary point, the
-// position by which the engine shares users out over agents and workers (`Segment::owns`).
-function radicalInverse(k) {
-  let r = 0;
-  for (let f = 0.5; k > 0; f /= 2, k = Math.floor(k / 2)) if (k % 2 === 1) r += f;
-  return r;
-}
-
 // One of `items` for the current user, by the user's place in the test: every item gets an
 // equal share of the users (within a few), and the users of one worker, so of one agent, get a
 // contiguous few of the items. Spreading users over N servers this way, each agent talks to
@@ -108,11 +100,12 @@ export function spread(items) {
   if (!Array.isArray(items) || items.length === 0) {
     throw new TypeError('spread needs a non-empty array, e.g. spread(__ENV.API.split(\',\'))');
   }
-  const id = p.vuIdInTest();
-  if (id < 1) {
+  // The user's place in the order that deals users out to agents and workers.
+  const position = p.vuPosition();
+  if (position < 0) {
     throw new Error('spread picks by the current user: call it in the default function, not in init code or setup()');
   }
-  return items[Math.min(items.length - 1, Math.floor(radicalInverse(id - 1) * items.length))];
+  return items[Math.min(items.length - 1, Math.floor(position * items.length))];
 }
 
 export function parseCSV(text, opts) {
