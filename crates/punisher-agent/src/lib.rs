@@ -178,6 +178,8 @@ struct Current {
     /// The engine sent its last report.
     finished: bool,
     deadman_fired: bool,
+    /// When barrier counts last went to the controller (they are sent in batches).
+    barriers_flushed_at: Option<Instant>,
 }
 
 impl Current {
@@ -193,6 +195,7 @@ impl Current {
             next_seq: 1,
             finished: false,
             deadman_fired: false,
+            barriers_flushed_at: None,
         }
     }
 
@@ -426,11 +429,12 @@ async fn next_event(
             loading,
             runner,
             barriers,
+            barriers_flushed_at,
             ..
         }) => (
             loading.as_mut(),
             runner.as_mut().map(|r| &mut r.reports),
-            Some(barriers.clone()),
+            Some((barriers.clone(), *barriers_flushed_at)),
         ),
         None => (None, None, None),
     };
@@ -442,7 +446,7 @@ async fn next_event(
         l = async { match loading { Some(h) => h.await, None => std::future::pending().await } } => {
             Event::Loaded(l.unwrap_or_else(|e| Err(format!("loading failed: {e}"))))
         }
-        _ = async { match &barriers { Some(b) => b.changed.notified().await, None => std::future::pending().await } } => Event::Barrier,
+        _ = async { match &barriers { Some((b, flushed_at)) => b.changes_due(*flushed_at).await, None => std::future::pending().await } } => Event::Barrier,
         n = async { match leave { Some(rx) => rx.await.ok(), None => std::future::pending().await } } => Event::Leave(n),
         _ = housekeeping.tick() => Event::Housekeeping,
     }
@@ -937,13 +941,17 @@ impl Agent {
     }
 
     fn flush_barriers(&mut self, out: Out<'_>) -> Result<(), String> {
-        let Some(c) = &self.current else {
+        let Some(c) = &mut self.current else {
             return Ok(());
         };
         if out.is_none() {
             return Ok(()); // resent from `pending()` after the reconnect
         }
-        for message in c.barriers.take_changes().into_messages(&c.run_id) {
+        let messages = c.barriers.take_changes().into_messages(&c.run_id);
+        if !messages.is_empty() {
+            c.barriers_flushed_at = Some(Instant::now());
+        }
+        for message in messages {
             send(out, message)?;
         }
         Ok(())
