@@ -30,6 +30,27 @@ const CENSUS_ACTIONS: &[&str] = &[
     "DescribeSpotInstanceRequests",
 ];
 
+/// moto_server with its request recorder made thread-safe. moto serves requests on threads
+/// and appends each one to the recording with separate `write`s; a request bigger than
+/// Python's 8 KiB write buffer (a RunInstances with its user data) goes out in several
+/// chunks, so concurrent requests (the launcher works on its regions in parallel)
+/// interleaved and broke the JSON lines. Exits 3 when moto is not installed.
+const MOTO_SERVER: &str = r#"
+import sys, threading
+try:
+    from moto.moto_api._internal.recorder.models import Recorder
+    from moto.server import main
+except ImportError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+record, lock = Recorder._record_request, threading.Lock()
+def record_one_at_a_time(self, *args, **kwargs):
+    with lock:
+        return record(self, *args, **kwargs)
+Recorder._record_request = record_one_at_a_time
+sys.exit(main(sys.argv[1:]))
+"#;
+
 /// A moto_server on 127.0.0.1 that records every request, killed when dropped.
 pub(crate) struct Moto {
     _child: Child,
@@ -77,8 +98,15 @@ impl Moto {
         };
         let recording =
             std::env::temp_dir().join(format!("punisher-moto-{}-{port}.jsonl", std::process::id()));
-        let spawned = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let spawned = Command::new("python3")
+            .args([
+                "-c",
+                MOTO_SERVER,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             // moto's recorder: every request, appended to this file as a JSON line.
@@ -88,9 +116,12 @@ impl Moto {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn();
-        let mut child = spawned.map_err(|e| {
-            format!("moto_server not available ({e}); install it with pip install \"moto[server]\"")
-        })?;
+        let not_installed = |why: String| {
+            format!(
+                "moto_server not available ({why}); install it with pip install \"moto[server]\""
+            )
+        };
+        let mut child = spawned.map_err(|e| not_installed(e.to_string()))?;
         let addr = format!("127.0.0.1:{port}");
         // Bounded wait for the server to listen (moto starts in about a second).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -99,6 +130,9 @@ impl Moto {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
+                if status.code() == Some(3) {
+                    return Err(not_installed("python3 cannot import moto".to_owned()));
+                }
                 panic!("moto_server exited at start: {status}");
             }
             assert!(
