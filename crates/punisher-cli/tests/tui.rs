@@ -538,9 +538,11 @@ async fn a_panic_in_the_dashboard_restores_the_terminal() {
     .await;
     assert!(tmux.alternate_on());
     tmux.type_keys("Z");
+    // In the scrollback too: with RUST_BACKTRACE set, the backtrace pushes the message off
+    // the screen at once, and the 8 s run may end before the next look.
     let screen = tmux
-        .wait_for("the panic message", Duration::from_secs(20), |s| {
-            s.contains("panicked")
+        .wait_for("the panic message", Duration::from_secs(20), |_| {
+            tmux.history().contains("panicked")
         })
         .await;
     assert!(!tmux.alternate_on(), "{screen}");
