@@ -335,19 +335,38 @@ impl EngineSender {
         Box::pin(self.shared.send(packets)).await
     }
 
-    /// Closes the session: sends the `close` packet and, over websocket, a close frame.
-    /// The driver then reports [`CloseReason::ClientClose`].
+    /// Closes the session: over polling with a `close` packet, over websocket with a close
+    /// frame. The driver then reports [`CloseReason::ClientClose`].
     pub async fn close(&self) {
-        Box::pin(self.close_inner()).await;
+        Box::pin(self.close_after(Vec::new())).await;
     }
 
-    async fn close_inner(&self) {
+    /// Sends `last` (a Socket.IO DISCONNECT, say), then closes like [`close`](Self::close).
+    /// Over polling, `last` and the `close` packet go in one POST. Over websocket the close
+    /// frame is the goodbye, without a `close` packet, as engine.io-client does: every
+    /// frame costs a write, a wake-up and a read on each side, which in a crowd leaving at
+    /// once (a show's audience after the vote) is most of the goodbye's CPU.
+    pub async fn close_after(&self, last: Vec<Packet>) {
+        Box::pin(self.close_inner(last)).await;
+    }
+
+    async fn close_inner(&self, mut packets: Vec<Packet>) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        let _ = self.shared.send(vec![Packet::Close]).await;
+        // Websocket is final until the close; polling may upgrade while its POST is out.
+        if self.shared.mode() != Mode::Websocket {
+            packets.push(Packet::Close);
+            let _ = self.shared.send(std::mem::take(&mut packets)).await;
+        }
         if self.shared.mode() == Mode::Websocket {
             let mut guard = self.shared.ws_sink.lock().await;
             if let Some(sink) = guard.as_mut() {
-                let _ = sink.close().await;
+                let mut sent = true;
+                for p in &packets {
+                    sent = sent && sink.feed(to_ws_message(p)).await.is_ok();
+                }
+                if sent {
+                    let _ = sink.close().await;
+                }
             }
         }
         self.shared.set_mode(Mode::Closed);
@@ -646,6 +665,13 @@ impl EngineClient {
                     Ok(()) => EngineEvent::Upgraded,
                     Err(e) => self.finish(CloseReason::TransportError(e.to_string())),
                 });
+            }
+            // Our goodbye went out and the long-poll in flight came back: another GET
+            // would only earn a 400 for a session that is gone.
+            if self.shared.closing.load(Ordering::Relaxed)
+                && matches!(self.reader, Reader::Polling { inflight: None, .. })
+            {
+                return Some(self.finish(CloseReason::ClientClose));
             }
             let woke = self.wait().await;
             match woke {

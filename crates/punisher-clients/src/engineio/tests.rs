@@ -86,7 +86,8 @@ struct ServerLog {
 impl ServerLog {
     fn push(&self, conn: usize, line: String) {
         self.requests.lock().unwrap().push((conn, line));
-        self.changed.notify_one();
+        // Every waiter (a test, a scripted GET) rechecks.
+        self.changed.notify_waiters();
     }
 
     fn lines(&self) -> Vec<String> {
@@ -115,7 +116,8 @@ impl ServerLog {
 }
 
 /// A polling server: answers the n-th GET with `gets[n]` (chunked when it starts with
-/// `!chunked `), every POST with `ok`, and logs every request.
+/// `!chunked `, once a POST came when it starts with `!after-post `), every POST with
+/// `ok`, and logs every request.
 async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<ServerLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -162,7 +164,14 @@ async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<ServerLog>) {
                         log.push(conn_no, head.lines().next().unwrap().to_owned());
                         let next = gets.lock().unwrap().next();
                         match next {
-                            Some(b) => b.to_owned(),
+                            Some(b) => match b.strip_prefix("!after-post ") {
+                                Some(b) => {
+                                    log.wait_for(|r| r.iter().any(|(_, l)| l.starts_with("POST")))
+                                        .await;
+                                    b.to_owned()
+                                }
+                                None => b.to_owned(),
+                            },
                             None => std::future::pending().await,
                         }
                     };
@@ -274,6 +283,73 @@ async fn polling_pongs_go_on_the_long_poll_connection() {
     seen.wait_for(|r| r.len() == 7).await;
     assert_eq!(seen.requests.lock().unwrap()[6], (1, "POST 44x".to_owned()));
     driver.abort();
+}
+
+#[tokio::test]
+async fn polling_goodbye_is_one_post_and_the_last_get() {
+    let (url, seen) = polling_server(vec![
+        r#"0{"sid":"abc","upgrades":[],"pingInterval":25000,"pingTimeout":20000}"#,
+        // The server ends the pending long-poll once the goodbye arrived.
+        "!after-post 6",
+    ])
+    .await;
+    let mut o = EngineOptions::new();
+    o.transports = vec![Transport::Polling];
+    let (mut c, _) = EngineClient::connect(&url, &o).await.unwrap();
+    let sender = c.sender();
+    let driver = tokio::spawn(async move {
+        let mut events = Vec::new();
+        while let Some(ev) = c.next().await {
+            events.push(ev);
+        }
+        events
+    });
+    seen.wait_for(|r| r.len() == 2).await;
+    sender.close_after(vec![Packet::Message("1".into())]).await;
+    let events = tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the driver ends once the long-poll came back")
+        .unwrap();
+    assert_eq!(events, [EngineEvent::Closed(CloseReason::ClientClose)]);
+    // The Socket.IO packet and the close in one POST; no GET after the goodbye.
+    let lines = seen.lines();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[2], "POST 41\x1e1");
+}
+
+#[tokio::test]
+async fn websocket_goodbye_is_the_packets_and_a_close_frame() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        ws.send(Message::text(OPEN)).await.unwrap();
+        let mut received = Vec::new();
+        while let Some(Ok(m)) = ws.next().await {
+            received.push(m);
+        }
+        received
+    });
+    let (mut c, _) =
+        EngineClient::connect(&format!("http://127.0.0.1:{port}"), &EngineOptions::new())
+            .await
+            .unwrap();
+    c.sender()
+        .close_after(vec![Packet::Message("1".into())])
+        .await;
+    assert_eq!(
+        next(&mut c).await,
+        EngineEvent::Closed(CloseReason::ClientClose)
+    );
+    let received = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    // As engine.io-client: no Engine.IO `close` packet over websocket, the frame says it.
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert_eq!(received[0], Message::text("41"));
+    assert!(matches!(received[1], Message::Close(_)), "{received:?}");
 }
 
 #[tokio::test]

@@ -355,8 +355,10 @@ impl SocketIo {
             return;
         };
         let p = packet::Packet::new(PacketKind::Disconnect, &self.inner.namespace);
-        let _ = engine.send(EioPacket::Message(packet::encode(&p))).await;
-        engine.close().await;
+        // The DISCONNECT travels with the Engine.IO close, in one write.
+        engine
+            .close_after(vec![EioPacket::Message(packet::encode(&p))])
+            .await;
     }
 
     /// Whether the socket is connected now.
