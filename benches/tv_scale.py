@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The TV show at scale on one machine (issue 8): N viewers log in, connect over Socket.IO
 (80% websocket, 20% xhr-polling), wait at a barrier until all are connected, receive one
-broadcast question and vote once. Loopback only, bounded in time.
+broadcast question, vote once and leave: each once its vote is answered, or with `--leave
+at-end` all together once every vote is in. Loopback only, bounded in time.
 
     python3 benches/tv_scale.py --users 50000 --ramp 5m
     python3 benches/tv_scale.py --users 300000 --ramp 5m --json /tmp/tv300k.json
@@ -394,6 +395,9 @@ def main():
                     help="votes spread over [min, max] s after the question (default 5-65: ~users/60 votes/s)")
     ap.add_argument("--vote-via", choices=["http", "socket"], default="http",
                     help="vote with an HTTP POST (default) or a Socket.IO `vote` event with an ack")
+    ap.add_argument("--leave", choices=["after-vote", "at-end"], default="after-vote",
+                    help="viewers leave once their vote is answered (default), or stay until every vote is in "
+                         "(the scenario's `voted` barrier) and then leave together")
     ap.add_argument("--poll-interval", type=float, default=600,
                     help="seconds between timeline polls per user (default 600). Each poll comes after the "
                          "target closed the viewer's idle connection (--keep-alive), so it opens a new one: at 300,000 "
@@ -444,7 +448,7 @@ def main():
     report = {"users": users, "ramp": args.ramp, "target_processes": tprocs, "generator": mode,
               "agents": agents, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{os.cpu_count()} cpu, {meminfo()['MemTotal'] / 2**30:.1f} GiB",
-              "vote_window_s": [args.vote_min, args.vote_max], "vote_via": args.vote_via}
+              "vote_window_s": [args.vote_min, args.vote_max], "vote_via": args.vote_via, "leave": args.leave}
     sampler = None
     try:
         mem_before = meminfo()
@@ -472,7 +476,7 @@ def main():
         run_id = f"tv-{users}"
         env_flags = ["-e", f"API={','.join(urls)}", "-e", f"VOTE_MIN={args.vote_min}",
                      "-e", f"VOTE_MAX={args.vote_max}", "-e", f"POLL_INTERVAL={args.poll_interval}",
-                     "-e", f"VOTE_VIA={args.vote_via}",
+                     "-e", f"VOTE_VIA={args.vote_via}", "-e", f"LEAVE={args.leave}",
                      "-e", f"BARRIER_TIMEOUT={int(ramp + 300)}s", "-e", f"QUESTION_TIMEOUT={int(ramp + 420)}s"]
         common = ["--users", str(users), "--ramp-up", args.ramp, "--summary-json", str(summary_path),
                   "--results-dir", str(results), "--run-id", run_id, "-q", *env_flags]

@@ -9,7 +9,9 @@
 // __ENV: API (one URL or a comma-separated list to spread users over), SNS_RATIO (0.2),
 // POLLING_RATIO (0.2), POLL_INTERVAL seconds (30), VOTE_MIN / VOTE_MAX seconds (5 / 15),
 // BARRIER_TIMEOUT ('10m'), QUESTION_TIMEOUT ('10m'), VOTE_VIA ('http', or 'socket': the vote is
-// a Socket.IO `vote` event with an ack on the viewer's open connection, no new request).
+// a Socket.IO `vote` event with an ack on the viewer's open connection, no new request),
+// LEAVE ('after-vote': each viewer leaves once its vote is answered; or 'at-end': viewers keep
+// the app open until every vote is in, the `voted` barrier, and then all leave at once).
 import http from 'punisher/http';
 import { io } from 'punisher/socketio';
 import { barrier, check, randomBetween, sleep, spread, vu, Counter, Rate } from 'punisher';
@@ -22,6 +24,8 @@ const VOTE_MIN = Number(__ENV.VOTE_MIN || 5);
 const VOTE_MAX = Number(__ENV.VOTE_MAX || 15);
 const VOTE_VIA = __ENV.VOTE_VIA || 'http';
 if (VOTE_VIA !== 'http' && VOTE_VIA !== 'socket') throw new Error(`VOTE_VIA must be http or socket, not ${VOTE_VIA}`);
+const LEAVE = __ENV.LEAVE || 'after-vote';
+if (LEAVE !== 'after-vote' && LEAVE !== 'at-end') throw new Error(`LEAVE must be after-vote or at-end, not ${LEAVE}`);
 
 // Every user adds exactly one sample: true when the question reached it.
 const questionReceived = new Rate('question_received');
@@ -85,6 +89,7 @@ export default async function () {
       const vote = await http.post(`${api}/api/vote`, { choice }, { name: 'vote' });
       check(vote, { 'vote accepted': (r) => r.status === 200 });
     }
+    if (LEAVE === 'at-end') await barrier('voted', { timeout: __ENV.BARRIER_TIMEOUT || '10m' });
   } finally {
     questionReceived.add(received);
     clearInterval(poll);
