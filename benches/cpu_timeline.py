@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""CPU per punisher process role, every second, as JSON lines (issue 8).
+
+    python3 benches/cpu_timeline.py record --binary punisher > timeline.jsonl   # until Ctrl-C
+    python3 benches/cpu_timeline.py summary timeline.jsonl --window 60
+
+`record` reads /proc/PID/stat of every process whose executable name is `--binary` and sums
+the CPU (user + system, all threads) used in each interval per role: the first argument of
+its command line (`run`, `agent`, `target`, `controller`). `busy` is the whole machine's
+non-idle CPU from /proc/stat, in cores. One line per interval:
+
+    {"t": 12.0, "agent": 0.31, "target": 0.17, "run": 0.03, "busy": 0.53}
+
+It costs ~1% of a core for ~50 processes. tv_scale.py samples the target's /admin/stats as
+well, and in a saturated storm those samples can be 15-100 s apart. This one only reads /proc,
+so it keeps its pace. That is how RESULTS.md found the target idle while the agents lagged.
+
+`summary` prints the mean of each role over consecutive windows.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_pid(binary):
+    """{pid: (role, cpu ticks)} of the processes running `binary`."""
+    found = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if os.path.basename(argv[0]).decode(errors="replace") != binary:
+                continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            role = argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else "?"
+            found[pid] = (role, int(fields[11]) + int(fields[12]))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def machine_busy_ticks():
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
+def record(args):
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    start = time.monotonic()
+    before, busy_before, at_before = cpu_by_pid(args.binary), machine_busy_ticks(), start
+    deadline = start + args.duration if args.duration else None
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(args.interval)
+        now, busy_now, at = cpu_by_pid(args.binary), machine_busy_ticks(), time.monotonic()
+        elapsed = at - at_before
+        line = {"t": round(at - start, 1)}
+        for pid, (role, ticks) in now.items():
+            # A process that started within the interval counts from zero.
+            used = ticks - before.get(pid, (role, 0))[1]
+            line[role] = line.get(role, 0) + used / TICK / elapsed
+        for role in line:
+            if role != "t":
+                line[role] = round(line[role], 3)
+        line["busy"] = round((busy_now - busy_before) / TICK / elapsed, 3)
+        print(json.dumps(line), flush=True)
+        before, busy_before, at_before = now, busy_now, at
+
+
+def summary(args):
+    rows = [json.loads(l) for l in open(args.file) if l.strip()]
+    if not rows:
+        sys.exit(f"{args.file}: no samples")
+    roles = sorted({k for r in rows for k in r} - {"t", "busy"})
+    print("from_s " + " ".join(f"{r:>8}" for r in roles) + "     busy")
+    start = 0.0
+    while start <= rows[-1]["t"]:
+        window = [r for r in rows if start < r["t"] <= start + args.window]
+        if window:
+            means = [sum(r.get(role, 0) for r in window) / len(window) for role in roles]
+            busy = sum(r["busy"] for r in window) / len(window)
+            print(f"{start:6.0f} " + " ".join(f"{m:8.3f}" for m in means) + f" {busy:8.3f}")
+        start += args.window
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    rec = sub.add_parser("record", help="sample until Ctrl-C or --duration")
+    rec.add_argument("--binary", default="punisher", help="executable name to follow (default punisher)")
+    rec.add_argument("--interval", type=float, default=1.0)
+    rec.add_argument("--duration", type=float, help="stop after this many seconds")
+    rec.set_defaults(run=record)
+    summ = sub.add_parser("summary", help="means per window of a recorded file")
+    summ.add_argument("file")
+    summ.add_argument("--window", type=float, default=60.0)
+    summ.set_defaults(run=summary)
+    args = ap.parse_args()
+    if getattr(args, "interval", 1.0) <= 0:
+        ap.error("--interval must be positive")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
