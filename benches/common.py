@@ -17,6 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 PUNISHER = TARGET_DIR / "release" / "punisher"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def build_release():
@@ -38,6 +40,20 @@ def wait_port(port, timeout=10.0):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def rss_and_cpu(pid):
+    """(RSS bytes, user+sys CPU seconds of all its threads) of one process, or None when it
+    is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+    except OSError:
+        return None
+    fields = st[st.rfind(")") + 2:].split()
+    # fields[0] is field 3 (state): utime is field 14, stime 15, rss 24.
+    utime, stime, rss = int(fields[11]), int(fields[12]), int(fields[21])
+    return rss * PAGE, (utime + stime) / CLK_TCK
 
 
 def rss_kb(pid):

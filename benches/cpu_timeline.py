@@ -23,12 +23,14 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
-TICK = os.sysconf("SC_CLK_TCK")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import CLK_TCK, rss_and_cpu  # noqa: E402
 
 
 def cpu_by_pid(binary):
-    """{pid: (role, cpu ticks)} of the processes running `binary`."""
+    """{pid: (role, CPU seconds)} of the processes running `binary`."""
     found = {}
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -36,14 +38,14 @@ def cpu_by_pid(binary):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
-            if os.path.basename(argv[0]).decode(errors="replace") != binary:
-                continue
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            role = argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else "?"
-            found[pid] = (role, int(fields[11]) + int(fields[12]))
-        except (OSError, IndexError, ValueError):
+        except OSError:
             continue  # gone meanwhile, or not ours to read
+        if os.path.basename(argv[0]).decode(errors="replace") != binary:
+            continue
+        sample = rss_and_cpu(pid)
+        if sample is not None:
+            role = argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else "?"
+            found[pid] = (role, sample[1])
     return found
 
 
@@ -64,14 +66,14 @@ def record(args):
         now, busy_now, at = cpu_by_pid(args.binary), machine_busy_ticks(), time.monotonic()
         elapsed = at - at_before
         line = {"t": round(at - start, 1)}
-        for pid, (role, ticks) in now.items():
+        for pid, (role, cpu) in now.items():
             # A process that started within the interval counts from zero.
-            used = ticks - before.get(pid, (role, 0))[1]
-            line[role] = line.get(role, 0) + used / TICK / elapsed
+            used = cpu - before.get(pid, (role, 0))[1]
+            line[role] = line.get(role, 0) + used / elapsed
         for role in line:
             if role != "t":
                 line[role] = round(line[role], 3)
-        line["busy"] = round((busy_now - busy_before) / TICK / elapsed, 3)
+        line["busy"] = round((busy_now - busy_before) / CLK_TCK / elapsed, 3)
         print(json.dumps(line), flush=True)
         before, busy_before, at_before = now, busy_now, at
 

@@ -46,12 +46,10 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PUNISHER, ROOT, free_port, wait_port  # noqa: E402
+from common import PUNISHER, ROOT, free_port, rss_and_cpu, wait_port  # noqa: E402
 
 # One process may hold 20,000 open files here; keep a margin for listeners, pipes, logs.
 FDS_PER_PROCESS = 18_000
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 SYSCTLS = {
     "net/ipv4/ip_local_port_range": "1024\t65535",
@@ -138,19 +136,6 @@ def tree(roots, kids):
         out.add(p)
         todo.extend(kids.get(p, []))
     return out
-
-
-def rss_and_cpu(pid):
-    """(RSS bytes, user+sys CPU seconds) of one process, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            st = f.read()
-    except OSError:
-        return None
-    fields = st[st.rfind(")") + 2:].split()
-    # fields[0] is field 3 (state): utime is field 14, stime 15, rss 24.
-    utime, stime, rss = int(fields[11]), int(fields[12]), int(fields[21])
-    return rss * PAGE, (utime + stime) / CLK_TCK
 
 
 def sockstat():
