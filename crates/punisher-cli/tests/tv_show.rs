@@ -8,6 +8,10 @@ use crate::util::{punisher, start_target, stats};
 
 const USERS: u64 = 5_000;
 
+fn tv_show_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/tv_show.js")
+}
+
 fn u(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
 }
@@ -25,7 +29,7 @@ fn twenty_percent(what: &str, part: u64, total: u64) {
 #[test]
 fn tv_show_with_5000_users_against_a_target_process() {
     let target = start_target();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/tv_show.js");
+    let script = tv_show_script();
     let api = format!("API=http://{}", target.addr);
     let users = USERS.to_string();
     let out = punisher(&[
@@ -81,7 +85,7 @@ fn tv_show_with_5000_users_against_a_target_process() {
 fn viewers_who_stay_leave_only_once_every_vote_is_in() {
     const STAYING: u64 = 600;
     let target = start_target();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/tv_show.js");
+    let script = tv_show_script();
     let api = format!("API=http://{}", target.addr);
     let users = STAYING.to_string();
     let (done, finished) = std::sync::mpsc::channel();
@@ -149,7 +153,7 @@ fn viewers_who_stay_leave_only_once_every_vote_is_in() {
 
 #[test]
 fn an_unknown_leave_mode_is_refused() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/tv_show.js");
+    let script = tv_show_script();
     let out = punisher(&[
         "run",
         script.to_str().unwrap(),

@@ -352,19 +352,24 @@ impl EngineSender {
 
     async fn close_inner(&self, mut packets: Vec<Packet>) {
         self.shared.closing.store(true, Ordering::Relaxed);
-        // Websocket is final until the close; polling may upgrade while its POST is out.
-        if self.shared.mode() != Mode::Websocket {
+        // Websocket is final until the close; polling may upgrade while its POST is out,
+        // and then only the close frame is left to send.
+        let before_close_frame = if self.shared.mode() == Mode::Websocket {
+            packets
+        } else {
             packets.push(Packet::Close);
-            let _ = self.shared.send(std::mem::take(&mut packets)).await;
-        }
+            let _ = self.shared.send(packets).await;
+            Vec::new()
+        };
         if self.shared.mode() == Mode::Websocket {
             let mut guard = self.shared.ws_sink.lock().await;
             if let Some(sink) = guard.as_mut() {
-                let mut sent = true;
-                for p in &packets {
-                    sent = sent && sink.feed(to_ws_message(p)).await.is_ok();
+                // The close frame only once every packet before it went out.
+                let mut fed = true;
+                for p in &before_close_frame {
+                    fed = fed && sink.feed(to_ws_message(p)).await.is_ok();
                 }
-                if sent {
+                if fed {
                     let _ = sink.close().await;
                 }
             }

@@ -355,7 +355,8 @@ impl SocketIo {
             return;
         };
         let p = packet::Packet::new(PacketKind::Disconnect, &self.inner.namespace);
-        // The DISCONNECT travels with the Engine.IO close, in one write.
+        // The DISCONNECT travels with the Engine.IO close: one POST over polling, over
+        // websocket just before the close frame.
         engine
             .close_after(vec![EioPacket::Message(packet::encode(&p))])
             .await;
