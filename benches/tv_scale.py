@@ -393,6 +393,9 @@ def main():
                     help="the target closes HTTP connections idle this long (default 5s, node's keepAliveTimeout)")
     ap.add_argument("--heartbeat-grid",
                     help="the target's --heartbeat-grid (Engine.IO pings on a shared grid; default: the target's)")
+    ap.add_argument("--ping-timeout",
+                    help="the target's --ping-timeout (default: the target's 20s, node's). Longer keeps the "
+                         "sockets of lagging agents alive: not what a node backend does, so say so with the result")
     ap.add_argument("--generator-nice", type=int, default=0,
                     help="run the generator (run, controller, agents) at this niceness, e.g. 5: on one machine "
                          "the target stands for a backend on other machines and should not be starved by it "
@@ -446,6 +449,8 @@ def main():
                       "--keep-alive-timeout", args.keep_alive]
         if args.heartbeat_grid is not None:
             target_cmd += ["--heartbeat-grid", args.heartbeat_grid]
+        if args.ping_timeout is not None:
+            target_cmd += ["--ping-timeout", args.ping_timeout]
         report["target_command"] = " ".join(target_cmd)
         target = start(target_cmd, open(work / "target.log", "w"))
         for i in range(tprocs):

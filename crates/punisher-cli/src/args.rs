@@ -185,6 +185,15 @@ pub struct TargetArgs {
     /// ping (0 = each socket on its own phase, as socketioxide and node do) [default: 100ms].
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_grid: Option<String>,
+    /// Engine.IO ping interval: how often the server pings each socket [default: 25s, as
+    /// node's socket.io].
+    #[arg(long, value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+    /// How long a socket may take to answer a ping before the server drops it [default:
+    /// 20s, as node's socket.io]. Longer keeps the sockets of a lagging generator alive,
+    /// which a node backend would not do.
+    #[arg(long, value_name = "DURATION")]
+    pub ping_timeout: Option<String>,
     /// The other processes of a multi-process target (set by --processes).
     #[arg(long, hide = true, value_delimiter = ',')]
     pub peers: Vec<std::net::SocketAddr>,

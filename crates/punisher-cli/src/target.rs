@@ -30,6 +30,16 @@ pub async fn serve(args: TargetArgs, shutdown: CancellationToken) -> Result<(), 
             .context("--heartbeat-grid")
             .map_err(Failure::invalid)?;
     }
+    if let Some(interval) = &args.ping_interval {
+        cfg.ping_interval = punisher_core::parse_duration(interval)
+            .context("--ping-interval")
+            .map_err(Failure::invalid)?;
+    }
+    if let Some(timeout) = &args.ping_timeout {
+        cfg.ping_timeout = punisher_core::parse_duration(timeout)
+            .context("--ping-timeout")
+            .map_err(Failure::invalid)?;
+    }
     cfg.error_rate = args.error_rate;
     cfg.validate().map_err(Failure::invalid)?;
     if args.processes == 0 || args.processes > MAX_PROCESSES {
@@ -111,6 +121,9 @@ fn spawn_child(
         .arg(args.error_rate.to_string())
         .arg("--peers")
         .arg(peers.join(","))
+        // Dies with this process however it ends, SIGKILL included (see `local`).
+        .env(crate::local::EXIT_WITH_PARENT_ENV, "1")
+        .stdin(std::process::Stdio::piped())
         .kill_on_drop(true);
     if let Some(latency) = &args.latency {
         cmd.arg("--latency").arg(latency);
@@ -118,8 +131,14 @@ fn spawn_child(
     if let Some(keep_alive) = &args.keep_alive_timeout {
         cmd.arg("--keep-alive-timeout").arg(keep_alive);
     }
-    if let Some(grid) = &args.heartbeat_grid {
-        cmd.arg("--heartbeat-grid").arg(grid);
+    for (flag, value) in [
+        ("--heartbeat-grid", &args.heartbeat_grid),
+        ("--ping-interval", &args.ping_interval),
+        ("--ping-timeout", &args.ping_timeout),
+    ] {
+        if let Some(value) = value {
+            cmd.arg(flag).arg(value);
+        }
     }
     cmd.spawn()
         .with_context(|| format!("cannot start the target process for {addr}"))

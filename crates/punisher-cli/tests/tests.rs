@@ -150,6 +150,8 @@ fn bad_flags_exit_2() {
         ],
         vec!["run", "/nonexistent/scenario.js", "--users", "1"],
         vec!["frobnicate"],
+        vec!["target", "--ping-timeout", "0s"],
+        vec!["target", "--ping-interval", "soon"],
     ] {
         let out = punisher(&args);
         assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
@@ -228,4 +230,41 @@ fn ctrl_c_stops_gracefully_and_still_prints_the_summary() {
         out.elapsed
     );
 }
+/// The heartbeat flags reach every process of a multi-process target: the second process's
+/// Engine.IO handshake advertises them.
+#[test]
+fn target_heartbeat_flags_reach_every_process() {
+    let target = util::start_target_with(&[
+        "--processes",
+        "2",
+        "--ping-interval",
+        "2s",
+        "--ping-timeout",
+        "7s",
+    ]);
+    let (ip, port) = target.addr.rsplit_once(':').unwrap();
+    let second = format!("{ip}:{}", port.parse::<u16>().unwrap() + 1);
+    util::wait_listening(&second);
+    for addr in [&target.addr, &second] {
+        let open = util::get_body(addr, "/socket.io/?EIO=4&transport=polling");
+        let open: serde_json::Value = serde_json::from_str(
+            open.strip_prefix('0')
+                .unwrap_or_else(|| panic!("not an Engine.IO open packet: {open}")),
+        )
+        .unwrap();
+        assert_eq!(open["pingInterval"], 2000, "{addr}: {open}");
+        assert_eq!(open["pingTimeout"], 7000, "{addr}: {open}");
+    }
+    // The other process ends with the first one, even when that one is killed outright.
+    drop(target);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&second).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second target process outlived the first"
+        );
+        std::thread::yield_now();
+    }
+}
+
 mod tv_show;

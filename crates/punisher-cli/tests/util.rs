@@ -105,15 +105,27 @@ impl Drop for Target {
 }
 
 pub(crate) fn start_target() -> Target {
-    // The port is free when we look; the target binds it right after.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    start_target_with(&[])
+}
+
+/// A `punisher target` with extra flags, on a free port whose next port is free too (for
+/// `--processes 2`).
+pub(crate) fn start_target_with(flags: &[&str]) -> Target {
+    // The ports are free when we look; the target binds them right after.
+    let port = (0..20)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .find(|p| *p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok())
+        .expect("a free pair of consecutive ports");
     let addr = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_punisher"))
         .args(["target", "--listen", &addr])
+        .args(flags)
         .env("PUNISHER_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -121,25 +133,37 @@ pub(crate) fn start_target() -> Target {
         .spawn()
         .expect("start punisher target");
     let target = Target { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(&target.addr).is_err() {
-        assert!(Instant::now() < deadline, "the target did not start");
-        std::thread::yield_now();
-    }
+    wait_listening(&target.addr);
     target
 }
 
-/// `GET /admin/stats` as JSON (HTTP/1.0: the server closes after the answer).
-pub(crate) fn stats(addr: &str) -> serde_json::Value {
+/// Waits (bounded: 20 s) until something accepts connections at `addr`.
+pub(crate) fn wait_listening(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens at {addr}");
+        std::thread::yield_now();
+    }
+}
+
+/// The body of `GET path` (HTTP/1.0: the server closes after the answer).
+pub(crate) fn get_body(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /admin/stats HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {text}"))
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// `GET /admin/stats` as JSON.
+pub(crate) fn stats(addr: &str) -> serde_json::Value {
+    let body = get_body(addr, "/admin/stats");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("stats are not JSON ({e}): {body}"))
 }

@@ -86,11 +86,15 @@ pub struct TargetConfig {
     pub heartbeat_grid: Duration,
     /// Engine.IO ping interval (node's default: 25 s).
     pub ping_interval: Duration,
+    /// How long a socket may take to answer a ping before the server drops it (node's
+    /// default: 20 s). Longer keeps the sockets of an overloaded client alive through its
+    /// lag, which is not what a node backend would do.
+    pub ping_timeout: Duration,
 }
 
 impl TargetConfig {
     /// No latency, no errors, Socket.IO on, `ts` field, no peers, node's 25 s ping interval
-    /// with pings on a 100 ms grid.
+    /// and 20 s ping timeout, with pings on a 100 ms grid.
     // No `Default` on purpose (STYLE.md: config structs are built explicitly).
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
@@ -103,6 +107,7 @@ impl TargetConfig {
             keep_alive_timeout: DEFAULT_KEEP_ALIVE,
             heartbeat_grid: DEFAULT_HEARTBEAT_GRID,
             ping_interval: sio::PING_INTERVAL,
+            ping_timeout: sio::PING_TIMEOUT,
         }
     }
 
@@ -116,6 +121,9 @@ impl TargetConfig {
         }
         if self.ping_interval.as_millis() == 0 {
             return Err(ConfigError::PingInterval);
+        }
+        if self.ping_timeout.as_millis() == 0 {
+            return Err(ConfigError::PingTimeout);
         }
         let grid_ms = self.heartbeat_grid.as_millis();
         if !self.heartbeat_grid.is_zero()
@@ -145,6 +153,8 @@ pub enum ConfigError {
     KeepAlive,
     #[error("the ping interval must be at least 1 ms")]
     PingInterval,
+    #[error("the ping timeout must be at least 1 ms")]
+    PingTimeout,
     #[error(
         "the heartbeat grid {grid:?} does not divide the ping interval {interval:?}: use e.g. 100ms, 1s or 0 (off)"
     )]
@@ -213,6 +223,9 @@ impl Target {
         cfg.error_rate = cfg.error_rate.clamp(0.0, 1.0);
         if cfg.ping_interval.is_zero() {
             cfg.ping_interval = sio::PING_INTERVAL;
+        }
+        if cfg.ping_timeout.is_zero() {
+            cfg.ping_timeout = sio::PING_TIMEOUT;
         }
         let socketio = cfg.socketio;
         engineioxide::set_heartbeat_grid(cfg.heartbeat_grid);

@@ -25,10 +25,11 @@ use crate::Shared;
 use crate::sessions::{VoteOutcome, session_from_headers};
 use crate::stats::inc;
 
-/// Engine.IO heartbeat, as node's socket.io defaults (the interval is
-/// [`TargetConfig::ping_interval`](crate::TargetConfig::ping_interval)'s default).
+/// Engine.IO heartbeat, as node's socket.io defaults (those of
+/// [`TargetConfig::ping_interval`](crate::TargetConfig::ping_interval) and
+/// [`TargetConfig::ping_timeout`](crate::TargetConfig::ping_timeout)).
 pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(25);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// node's maxHttpBufferSize (socketioxide's default is 100 kB).
 const MAX_PAYLOAD: u64 = 1_000_000;
 /// tungstenite's read buffer is allocated eagerly per connection and kept for its life.
@@ -89,7 +90,7 @@ pub(crate) fn build(shared: Arc<Shared>) -> (socketioxide::layer::SocketIoLayer,
     let (layer, io) = SocketIo::builder()
         .req_path(SOCKETIO_PATH)
         .ping_interval(shared.cfg.ping_interval)
-        .ping_timeout(PING_TIMEOUT)
+        .ping_timeout(shared.cfg.ping_timeout)
         .max_payload(MAX_PAYLOAD)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .ws_max_message_size(WS_MAX_MESSAGE)

@@ -331,6 +331,10 @@ fn config_validation() {
     cfg.heartbeat_grid = Duration::ZERO;
     cfg.ping_interval = Duration::ZERO;
     assert!(cfg.validate().is_err());
+    cfg.ping_interval = Duration::from_secs(25);
+    cfg.ping_timeout = Duration::from_micros(999);
+    let refused = cfg.validate().unwrap_err().to_string();
+    assert!(refused.contains("ping timeout"), "{refused}");
 }
 
 #[test]

@@ -37,6 +37,54 @@ async fn polling_handshake_advertises_node_defaults() {
     assert_eq!(open["upgrades"], serde_json::json!(["websocket"]));
 }
 
+/// `ping_interval` and `ping_timeout` reach the handshake and the server's deadline: a socket
+/// that never answers is dropped by ping timeout after the configured timeout, not node's 20 s
+/// and not before.
+#[tokio::test]
+async fn a_socket_that_never_pongs_is_dropped_after_the_configured_ping_timeout() {
+    const INTERVAL: Duration = Duration::from_secs(1);
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let mut cfg = TargetConfig::new();
+    cfg.ping_interval = INTERVAL;
+    cfg.ping_timeout = TIMEOUT;
+    cfg.validate().unwrap();
+    let target = spawn_local_target(cfg).await.unwrap();
+    let open = crate::util::raw(
+        target.addr,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        "",
+    )
+    .await;
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(open["pingInterval"], 1000);
+    assert_eq!(open["pingTimeout"], 3000);
+
+    // Connected, and silent from here on: no GET, no pong.
+    let connected = std::time::Instant::now();
+    polling_socket(target.addr).await;
+    let deadline = tokio::time::Instant::now() + INTERVAL + TIMEOUT + Duration::from_secs(10);
+    let dropped = loop {
+        let s = target.stats();
+        if s.sockets.disconnects.get("ping timeout") == Some(&1) {
+            break connected.elapsed();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dropped: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The first ping leaves at the connection (or one interval later), and the socket has
+    // the whole timeout to answer it.
+    assert!(dropped >= TIMEOUT, "dropped {dropped:?} after connecting");
+    assert!(
+        dropped < INTERVAL + TIMEOUT + Duration::from_secs(2),
+        "dropped {dropped:?} after connecting"
+    );
+    assert_eq!(target.stats().sockets.connected_now.polling, 0);
+}
+
 #[tokio::test]
 async fn socketio_can_be_turned_off() {
     let mut cfg = TargetConfig::new();
