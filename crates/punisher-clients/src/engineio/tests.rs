@@ -119,6 +119,14 @@ impl ServerLog {
 /// `!chunked `, once a POST came when it starts with `!after-post `), every POST with
 /// `ok`, and logs every request.
 async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<ServerLog>) {
+    polling_server_answering_posts_after(gets, Duration::ZERO).await
+}
+
+/// [`polling_server`] that answers every POST `post_delay` after reading it (a loaded server).
+async fn polling_server_answering_posts_after(
+    gets: Vec<&'static str>,
+    post_delay: Duration,
+) -> (String, Arc<ServerLog>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(ServerLog::default());
@@ -159,6 +167,7 @@ async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<ServerLog>) {
                     buf.drain(..head_end + len);
                     let reply = if head.starts_with("POST") {
                         log.push(conn_no, format!("POST {body}"));
+                        tokio::time::sleep(post_delay).await;
                         "ok".to_owned()
                     } else {
                         log.push(conn_no, head.lines().next().unwrap().to_owned());
@@ -193,6 +202,34 @@ async fn polling_server(gets: Vec<&'static str>) -> (String, Arc<ServerLog>) {
         }
     });
     (format!("http://127.0.0.1:{port}"), seen)
+}
+
+/// A POST waits as long as the session's ping window (interval + timeout, from the
+/// handshake), not the connect timeout: engine.io-client waits for a slow server, and a
+/// POST cut short ended the session under load. Past the window it fails.
+#[tokio::test]
+async fn a_slow_post_is_waited_for_up_to_the_ping_window() {
+    const OPEN: &str = "0{\"sid\":\"s\",\"upgrades\":[],\"pingInterval\":1000,\"pingTimeout\":500}";
+    let mut o = EngineOptions::new();
+    o.transports = vec![Transport::Polling];
+    o.timeout = Duration::from_millis(200);
+
+    let (url, seen) =
+        polling_server_answering_posts_after(vec![OPEN], Duration::from_millis(700)).await;
+    let (c, _) = EngineClient::connect(&url, &o).await.unwrap();
+    let sent = c.sender().send(Packet::Message("slow".into())).await;
+    assert!(sent.is_ok(), "a POST answered after 700 ms: {sent:?}");
+    assert!(seen.lines().contains(&"POST 4slow".to_owned()));
+
+    let (url, _) = polling_server_answering_posts_after(vec![OPEN], Duration::from_secs(30)).await;
+    let (c, _) = EngineClient::connect(&url, &o).await.unwrap();
+    let started = std::time::Instant::now();
+    let sent = c.sender().send(Packet::Message("lost".into())).await;
+    assert!(
+        matches!(sent, Err(EngineError::Timeout(t)) if t == Duration::from_millis(1500)),
+        "{sent:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
 
 #[tokio::test]
