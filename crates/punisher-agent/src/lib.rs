@@ -936,6 +936,8 @@ impl Agent {
         {
             tracing::error!(agent_id = %self.id, seq = dropped.seq, "outbox full: oldest unacknowledged report dropped");
         }
+        // Encoded: its histograms go back to the workers instead of being freed.
+        report.snapshot.recycle();
         c.outbox.push_back(wire.clone());
         send(out, Msg::Report(wire))
     }

@@ -289,7 +289,7 @@ async fn run(
             },
             report = handle.next_report() => match report {
                 Some(r) => {
-                    if let Err(e) = seconds.add(&r.snapshot, r.event_loop_lag) {
+                    if let Err(e) = seconds.add(r.snapshot, r.event_loop_lag) {
                         error.get_or_insert_with(|| format!("cannot merge worker metrics: {e}"));
                     }
                     workers.insert(r.worker, WorkerState {
@@ -347,7 +347,7 @@ struct Seconds {
 impl Seconds {
     fn add(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: Snapshot,
         lag: Duration,
     ) -> Result<(), punisher_metrics::MetricsError> {
         self.worst_lag = self.worst_lag.max(lag);
@@ -361,7 +361,7 @@ impl Seconds {
         self.pending
             .entry(second)
             .or_insert_with(|| Snapshot::empty(second, second + 1000))
-            .merge(snapshot)
+            .merge_owned(snapshot)
     }
 
     /// One report per second that ended by `boundary` (at least one, maybe empty, so that
@@ -495,10 +495,10 @@ mod tests {
         let mut s = Seconds::default();
         // Two workers' first reports start mid-second; their boundary reports right after
         // 2000 and 3000.
-        s.add(&requests(1, 1_400, 2_003), Duration::ZERO).unwrap();
-        s.add(&requests(2, 1_400, 2_001), Duration::from_millis(7))
+        s.add(requests(1, 1_400, 2_003), Duration::ZERO).unwrap();
+        s.add(requests(2, 1_400, 2_001), Duration::from_millis(7))
             .unwrap();
-        s.add(&requests(4, 2_003, 3_002), Duration::ZERO).unwrap();
+        s.add(requests(4, 2_003, 3_002), Duration::ZERO).unwrap();
         let sent = s.take_before(3_000, &workers, Some("oops".into()));
         assert_eq!(sent.len(), 2);
         assert_eq!(label(&sent[0]), (1_000, 2_000));
@@ -514,8 +514,8 @@ mod tests {
         assert_eq!(count(&sent[0]), 0.0);
         assert!(s.take_before(4_000, &workers, None).is_empty());
         // A late snapshot of a second already sent goes into the next one.
-        s.add(&requests(8, 2_500, 3_400), Duration::ZERO).unwrap();
-        s.add(&requests(16, 4_001, 4_300), Duration::ZERO).unwrap();
+        s.add(requests(8, 2_500, 3_400), Duration::ZERO).unwrap();
+        s.add(requests(16, 4_001, 4_300), Duration::ZERO).unwrap();
         let rest = s.take_all(&workers, None);
         assert_eq!(rest.len(), 1);
         assert_eq!(label(&rest[0]), (4_000, 5_000));

@@ -12,7 +12,8 @@
 //! - [`summary`]: the end-of-run model and its text and JSON renderers.
 //!
 //! This crate is pure: no I/O, no clocks (callers pass times in), and no threads except
-//! the scoped ones [`merge_many`] is asked for.
+//! the scoped ones [`merge_many`] is asked for. Its one piece of process-wide state is the
+//! small pool of spare trend histograms behind [`Snapshot::recycle`].
 
 pub mod codec;
 pub mod merge;

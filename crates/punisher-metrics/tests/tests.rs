@@ -49,14 +49,18 @@ fn merging_three_recorders_equals_recording_into_one() {
     let mut merged = Snapshot::empty(0, 1000);
     // Both paths: in-memory merge and decode-and-merge of the encoded snapshots.
     let mut via_codec = Snapshot::empty(0, 1000);
+    // And the merge that moves what is new instead of copying it.
+    let mut moved = Snapshot::empty(0, 1000);
     let mut decoder = SnapshotDecoder::new();
     for r in &mut parts {
         let s = r.take_snapshot(0, 1000);
         merged.merge(&s).unwrap();
         decoder.merge_into(&s.encode(), &mut via_codec).unwrap();
+        moved.merge_owned(s).unwrap();
     }
     assert_eq!(merged, whole);
     assert_eq!(via_codec, whole);
+    assert_eq!(moved, whole);
     for (key, data) in &whole.series {
         if data.kind() == MetricKind::Trend {
             assert_eq!(percentiles(data), percentiles(&merged.series[key]), "{key}");
