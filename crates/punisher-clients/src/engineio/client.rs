@@ -786,13 +786,21 @@ impl EngineClient {
                         (c, r)
                     }));
                 }
+                // Biased: what has arrived is read before the deadline is looked at (see
+                // the websocket arm).
                 tokio::select! {
+                    biased;
                     r = maybe(inflight.as_mut()) => Woke::Poll(r),
                     r = maybe(probing) => Woke::Probe(r),
                     () = tokio::time::sleep_until(deadline) => Woke::Deadline,
                 }
             }
+            // Biased: a ping that has arrived is read before the deadline is looked at. A
+            // busy client polls this late, when both are ready, and an unbiased select then
+            // picked the deadline half of the time: the generator's own lag reported as the
+            // server's ping timeout.
             Reader::Websocket(stream) => tokio::select! {
+                biased;
                 m = stream.next() => Woke::Ws(m),
                 () = tokio::time::sleep_until(deadline) => Woke::Deadline,
             },

@@ -436,6 +436,38 @@ async fn ping_timeout_without_pings() {
     assert!(started.elapsed() >= Duration::from_millis(500));
 }
 
+/// A client that comes back late, with the ping window passed and a ping waiting in its
+/// socket, reads the ping: the lag is its own, not the server's.
+#[tokio::test]
+async fn a_ping_that_arrived_is_read_before_the_deadline_is_checked() {
+    for _ in 0..16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (sent_tx, sent) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let open = r#"0{"sid":"s","upgrades":[],"pingInterval":100,"pingTimeout":100}"#;
+            for f in [open, "2", "4after the ping"] {
+                ws.send(Message::text(f)).await.unwrap();
+            }
+            let _ = sent_tx.send(());
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        let (mut c, _) = EngineClient::connect(&url, &EngineOptions::new())
+            .await
+            .unwrap();
+        let connected = tokio::time::Instant::now();
+        sent.await.unwrap();
+        // Busy elsewhere until the 200 ms window is over, the ping unread.
+        tokio::time::sleep_until(connected + Duration::from_millis(300)).await;
+        assert_eq!(
+            next(&mut c).await,
+            EngineEvent::Message("after the ping".into())
+        );
+    }
+}
+
 #[test]
 fn urls() {
     let base = url::Url::parse("https://h.example:8443/ignored?x=1").unwrap();
