@@ -15,30 +15,30 @@ const MAX_PROCESSES: usize = 64;
 /// Serves until `shutdown` is cancelled (Ctrl-C).
 pub async fn serve(args: TargetArgs, shutdown: CancellationToken) -> Result<(), Failure> {
     let mut cfg = punisher_target::TargetConfig::new();
-    if let Some(latency) = &args.latency {
-        cfg.latency = punisher_core::parse_duration(latency)
-            .context("--latency")
-            .map_err(Failure::invalid)?;
-    }
-    if let Some(keep_alive) = &args.keep_alive_timeout {
-        cfg.keep_alive_timeout = punisher_core::parse_duration(keep_alive)
-            .context("--keep-alive-timeout")
-            .map_err(Failure::invalid)?;
-    }
-    if let Some(grid) = &args.heartbeat_grid {
-        cfg.heartbeat_grid = punisher_core::parse_duration(grid)
-            .context("--heartbeat-grid")
-            .map_err(Failure::invalid)?;
-    }
-    if let Some(interval) = &args.ping_interval {
-        cfg.ping_interval = punisher_core::parse_duration(interval)
-            .context("--ping-interval")
-            .map_err(Failure::invalid)?;
-    }
-    if let Some(timeout) = &args.ping_timeout {
-        cfg.ping_timeout = punisher_core::parse_duration(timeout)
-            .context("--ping-timeout")
-            .map_err(Failure::invalid)?;
+    for (flag, value, field) in [
+        ("--latency", &args.latency, &mut cfg.latency),
+        (
+            "--keep-alive-timeout",
+            &args.keep_alive_timeout,
+            &mut cfg.keep_alive_timeout,
+        ),
+        (
+            "--heartbeat-grid",
+            &args.heartbeat_grid,
+            &mut cfg.heartbeat_grid,
+        ),
+        (
+            "--ping-interval",
+            &args.ping_interval,
+            &mut cfg.ping_interval,
+        ),
+        ("--ping-timeout", &args.ping_timeout, &mut cfg.ping_timeout),
+    ] {
+        if let Some(value) = value {
+            *field = punisher_core::parse_duration(value)
+                .context(flag)
+                .map_err(Failure::invalid)?;
+        }
     }
     cfg.error_rate = args.error_rate;
     cfg.validate().map_err(Failure::invalid)?;
