@@ -125,13 +125,9 @@ fn spawn_child(
         .env(crate::local::EXIT_WITH_PARENT_ENV, "1")
         .stdin(std::process::Stdio::piped())
         .kill_on_drop(true);
-    if let Some(latency) = &args.latency {
-        cmd.arg("--latency").arg(latency);
-    }
-    if let Some(keep_alive) = &args.keep_alive_timeout {
-        cmd.arg("--keep-alive-timeout").arg(keep_alive);
-    }
     for (flag, value) in [
+        ("--latency", &args.latency),
+        ("--keep-alive-timeout", &args.keep_alive_timeout),
         ("--heartbeat-grid", &args.heartbeat_grid),
         ("--ping-interval", &args.ping_interval),
         ("--ping-timeout", &args.ping_timeout),

@@ -270,6 +270,8 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Extends the interval to cover `[start, end]`. An empty snapshot whose interval is
+    /// `0..0` takes the other interval as is.
     pub(crate) fn widen(&mut self, start: u64, end: u64) {
         if self.start_unix_ms == 0 && self.end_unix_ms == 0 {
             self.start_unix_ms = start;

@@ -191,8 +191,9 @@ struct Shared {
     /// The POST connection; the lock also serializes POSTs, which the protocol requires.
     post: tokio::sync::Mutex<Option<NetStream>>,
     target: Option<Arc<Target>>,
-    /// How long a POST may take: the session's ping window (see [`ping_window`]).
-    post_timeout: Duration,
+    /// How long the session may go without hearing from the server, and how long a POST
+    /// may take (see [`ping_window`]).
+    ping_window: Duration,
     /// Set by [`EngineSender::close`], so the end is reported as ours.
     closing: AtomicBool,
 }
@@ -278,7 +279,7 @@ impl Shared {
             };
             let body = packet::encode_payload(&batch);
             let sent = tokio::time::timeout(
-                self.post_timeout,
+                self.ping_window,
                 target.request(conn, Some(body.as_bytes())),
             )
             .await;
@@ -290,7 +291,7 @@ impl Shared {
                 }
                 Err(_) => {
                     *conn = None;
-                    return Err(EngineError::Timeout(self.post_timeout));
+                    return Err(EngineError::Timeout(self.ping_window));
                 }
             }
         }
@@ -447,7 +448,6 @@ pub struct EngineClient {
     /// The rest of a polling payload not yet handed out, and where the next packet starts.
     body: String,
     pos: usize,
-    ping_window: Duration,
     deadline: Instant,
     done: bool,
 }
@@ -505,16 +505,15 @@ impl EngineClient {
         ))
     }
 
-    fn new(shared: Shared, reader: Reader, handshake: &Handshake) -> EngineClient {
-        let ping_window = ping_window(handshake);
+    fn new(shared: Shared, reader: Reader) -> EngineClient {
+        let deadline = Instant::now() + shared.ping_window;
         EngineClient {
             shared: Arc::new(shared),
             reader,
             upgrade: Upgrade::None,
             body: String::new(),
             pos: 0,
-            ping_window,
-            deadline: Instant::now() + ping_window,
+            deadline,
             done: false,
         }
     }
@@ -553,10 +552,10 @@ impl EngineClient {
             ws_sink: tokio::sync::Mutex::new(Some(sink)),
             post: tokio::sync::Mutex::new(None),
             target: None,
-            post_timeout: ping_window(&handshake),
+            ping_window: ping_window(&handshake),
             closing: AtomicBool::new(false),
         };
-        let client = EngineClient::new(shared, Reader::Websocket(stream), &handshake);
+        let client = EngineClient::new(shared, Reader::Websocket(stream));
         Ok((client, handshake))
     }
 
@@ -623,7 +622,7 @@ impl EngineClient {
             ws_sink: tokio::sync::Mutex::new(None),
             post: tokio::sync::Mutex::new(None),
             target: Some(Arc::new(target)),
-            post_timeout: ping_window(&handshake),
+            ping_window: ping_window(&handshake),
             closing: AtomicBool::new(false),
         };
         let mut client = EngineClient::new(
@@ -632,7 +631,6 @@ impl EngineClient {
                 conn,
                 inflight: None,
             },
-            &handshake,
         );
         client.body = rest;
         if opts.transports.contains(&Transport::Websocket)
@@ -831,7 +829,7 @@ impl EngineClient {
     async fn on_packet(&mut self, p: Packet) -> Option<EngineEvent> {
         match p {
             Packet::Ping(data) => {
-                self.deadline = Instant::now() + self.ping_window;
+                self.deadline = Instant::now() + self.shared.ping_window;
                 let pong = vec![Packet::Pong(data)];
                 // Over polling the ping came with a GET's answer, so that GET's connection
                 // is free: the pong goes on it (see the module doc).
