@@ -105,30 +105,35 @@ impl Target {
         h
     }
 
+    /// A new connection to the server (TCP, and TLS for `https`).
+    async fn open(&self) -> Result<NetStream, EngineError> {
+        let (s, _) = ws::open_addr(
+            self.addr,
+            &self.host,
+            self.tls,
+            self.source,
+            self.insecure,
+            self.open_connections.as_ref(),
+        )
+        .await?;
+        Ok(s)
+    }
+
     /// One polling request on `conn` (opened when `None`, closed when the server does not
     /// keep it). A reused connection that fails before answering is retried once on a new
-    /// one: the server may have closed it while it was idle.
+    /// one: the server may have closed it while it was idle. `fresh` says that `conn` was
+    /// just opened, so that a failure on it is not retried (the request may have arrived).
     async fn request(
         &self,
         conn: &mut Option<NetStream>,
+        fresh: bool,
         post: Option<&[u8]>,
     ) -> Result<Vec<u8>, EngineError> {
         for attempt in 0..2 {
-            let reused = conn.is_some();
+            let reused = conn.is_some() && !(fresh && attempt == 0);
             let stream = match conn {
                 Some(s) => s,
-                None => {
-                    let (s, _) = ws::open_addr(
-                        self.addr,
-                        &self.host,
-                        self.tls,
-                        self.source,
-                        self.insecure,
-                        self.open_connections.as_ref(),
-                    )
-                    .await?;
-                    conn.insert(s)
-                }
+                None => conn.insert(self.open().await?),
             };
             let head = self.head(post.map(<[u8]>::len));
             match http1::exchange(stream, head.as_bytes(), post.unwrap_or(b""), self.max_body).await
@@ -252,6 +257,11 @@ impl Shared {
         sink.flush().await.map_err(ws_err)
     }
 
+    fn queue_is_empty(&self) -> Result<bool, EngineError> {
+        let st = self.state.lock().map_err(|_| EngineError::Closed)?;
+        Ok(st.queue.is_empty())
+    }
+
     /// POSTs everything queued, in batches joined by `\x1e`, until the queue is empty: on
     /// `free_get` when given (it stays open for the next GET), else on a connection of its
     /// own that is closed afterwards (see the module doc).
@@ -262,12 +272,32 @@ impl Shared {
         let Some(target) = &self.target else {
             return Err(EngineError::Closed);
         };
+        let on_get_connection = free_get.is_some();
+        // A POST of its own connects before it queues for the lock. Connecting is not a
+        // POST, and a pong that comes meanwhile (it goes on the long-poll's connection)
+        // would otherwise wait for this connect as well as for this POST's answer: under a
+        // lagging event loop, each is a trip through the whole run queue. Measured with a
+        // starved agent: polling viewers whose pongs came too late for the server's ping
+        // timeout (benches/RESULTS.md, "The storm in a model"). Not while a POST is in
+        // flight: that one takes our packets along when it is answered.
+        let post_in_flight = self.post.try_lock().is_err();
+        let mut connected = None;
+        if !on_get_connection && !post_in_flight && !self.queue_is_empty()? {
+            let opened = tokio::time::timeout(self.ping_window, target.open()).await;
+            connected = Some(opened.map_err(|_| EngineError::Timeout(self.ping_window))??);
+        }
         // Held even when posting on the GET's connection: one POST at a time.
         let mut own = self.post.lock().await;
-        let on_get_connection = free_get.is_some();
+        let mut fresh = false;
         let conn = match free_get {
             Some(c) => c,
-            None => &mut *own,
+            None => {
+                if own.is_none() {
+                    *own = connected.take();
+                    fresh = own.is_some();
+                }
+                &mut *own
+            }
         };
         loop {
             let batch = {
@@ -280,9 +310,10 @@ impl Shared {
             let body = packet::encode_payload(&batch);
             let sent = tokio::time::timeout(
                 self.ping_window,
-                target.request(conn, Some(body.as_bytes())),
+                target.request(conn, fresh, Some(body.as_bytes())),
             )
             .await;
+            fresh = false;
             match sent {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -591,7 +622,7 @@ impl EngineClient {
             open_connections: opts.open_connections.clone(),
         };
         let mut conn = None;
-        let body = target.request(&mut conn, None).await?;
+        let body = target.request(&mut conn, false, None).await?;
         let body = String::from_utf8(body).map_err(|_| packet::PacketError::Utf8)?;
         let (first, rest) = match body.split_once(packet::SEPARATOR) {
             Some((a, b)) => (a, b),
@@ -780,7 +811,7 @@ impl EngineClient {
                     };
                     let mut c = conn.take();
                     *inflight = Some(Box::pin(async move {
-                        let r = target.request(&mut c, None).await;
+                        let r = target.request(&mut c, false, None).await;
                         (c, r)
                     }));
                 }

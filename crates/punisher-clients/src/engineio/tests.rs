@@ -80,6 +80,8 @@ async fn websocket_handshake_must_open() {
 #[derive(Default)]
 struct ServerLog {
     requests: Mutex<Vec<(usize, String)>>,
+    /// TCP connections accepted, used or not.
+    accepted: std::sync::atomic::AtomicUsize,
     changed: tokio::sync::Notify,
 }
 
@@ -137,6 +139,8 @@ async fn polling_server_answering_posts_after(
         while let Ok((mut tcp, _)) = listener.accept().await {
             let conn_no = accepted;
             accepted += 1;
+            log.accepted
+                .store(accepted, std::sync::atomic::Ordering::SeqCst);
             let gets = gets.clone();
             let log = log.clone();
             tokio::spawn(async move {
@@ -230,6 +234,37 @@ async fn a_slow_post_is_waited_for_up_to_the_ping_window() {
         "{sent:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// An emit made while a POST of the session waits for its answer opens no connection of
+/// its own: that POST takes it along once answered (POSTs are serialized). Only an emit
+/// that finds no POST in flight connects, and it does so before it queues for the lock.
+#[tokio::test]
+async fn an_emit_during_a_post_rides_on_that_post() {
+    let (url, seen) =
+        polling_server_answering_posts_after(vec![OPEN], Duration::from_millis(300)).await;
+    let mut o = EngineOptions::new();
+    o.transports = vec![Transport::Polling];
+    let (c, _) = EngineClient::connect(&url, &o).await.unwrap();
+    let first = c.sender();
+    let first = tokio::spawn(async move { first.send(Packet::Message("a".into())).await });
+    seen.wait_for(|r| r.iter().any(|(_, l)| l == "POST 4a"))
+        .await;
+    c.sender().send(Packet::Message("b".into())).await.unwrap();
+    first.await.unwrap().unwrap();
+    // The handshake's connection and the first POST's: nothing opened for the second emit.
+    let requests = seen.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(requests[0].1.starts_with("GET "), "{requests:?}");
+    assert_eq!(
+        requests[1..],
+        [(1, "POST 4a".to_owned()), (1, "POST 4b".to_owned())]
+    );
+    assert_eq!(
+        seen.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "a connection was opened for nothing"
+    );
 }
 
 #[tokio::test]
