@@ -6,10 +6,15 @@
 
 `record` reads /proc/PID/stat of every process whose executable name is `--binary` and sums
 the CPU (user + system, all threads) used in each interval per role: the first argument of
-its command line (`run`, `agent`, `target`, `controller`). `busy` is the whole machine's
-non-idle CPU from /proc/stat, in cores. One line per interval:
+its command line (`run`, `agent`, `target`, `controller`). `ROLE_wait` is the time the
+role's threads were runnable but waited for a CPU (run_delay of /proc/PID/task/*/schedstat),
+also in cores: a role that waits more than it runs is starved, one that neither runs nor
+waits is idle or blocked. `busy` is the whole machine's non-idle CPU from /proc/stat, in
+cores, and `softirq` the part of it spent in softirqs (the loopback's TCP path runs there
+and is charged to no process). One line per interval:
 
-    {"t": 12.0, "agent": 0.31, "target": 0.17, "run": 0.03, "busy": 0.53}
+    {"t": 12.0, "agent": 0.31, "agent_wait": 0.05, "target": 0.17, "target_wait": 0.02,
+     "run": 0.03, "run_wait": 0.0, "busy": 0.53, "softirq": 0.06}
 
 It costs ~1% of a core for ~50 processes. tv_scale.py samples the target's /admin/stats as
 well, and in a saturated storm those samples can be 15-100 s apart. This one only reads /proc,
@@ -45,37 +50,57 @@ def cpu_by_pid(binary):
         sample = rss_and_cpu(pid)
         if sample is not None:
             role = argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else "?"
-            found[pid] = (role, sample[1])
+            found[pid] = (role, sample[1], run_delay_s(pid))
     return found
 
 
-def machine_busy_ticks():
+def run_delay_s(pid):
+    """Seconds the threads of `pid` have waited on a run queue (schedstat's second field)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return total / 1e9
+
+
+def machine_ticks():
+    """(busy, softirq) clock ticks of the whole machine so far."""
     with open("/proc/stat") as f:
         fields = [int(v) for v in f.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    return sum(fields) - fields[3] - fields[4], fields[6]  # busy: minus idle and iowait
 
 
 def record(args):
     signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     start = time.monotonic()
-    before, busy_before, at_before = cpu_by_pid(args.binary), machine_busy_ticks(), start
+    before, ticks_before, at_before = cpu_by_pid(args.binary), machine_ticks(), start
     deadline = start + args.duration if args.duration else None
     while deadline is None or time.monotonic() < deadline:
         time.sleep(args.interval)
-        now, busy_now, at = cpu_by_pid(args.binary), machine_busy_ticks(), time.monotonic()
+        now, ticks_now, at = cpu_by_pid(args.binary), machine_ticks(), time.monotonic()
         elapsed = at - at_before
         line = {"t": round(at - start, 1)}
-        for pid, (role, cpu) in now.items():
+        for pid, (role, cpu, waited) in now.items():
             # A process that started within the interval counts from zero.
-            used = cpu - before.get(pid, (role, 0))[1]
-            line[role] = line.get(role, 0) + used / elapsed
+            _, cpu_before, waited_before = before.get(pid, (role, 0.0, 0.0))
+            line[role] = line.get(role, 0) + (cpu - cpu_before) / elapsed
+            # A thread that ended takes its run_delay along: never count that as negative.
+            line[f"{role}_wait"] = line.get(f"{role}_wait", 0) + max(0.0, waited - waited_before) / elapsed
         for role in line:
             if role != "t":
                 line[role] = round(line[role], 3)
-        line["busy"] = round((busy_now - busy_before) / CLK_TCK / elapsed, 3)
+        line["busy"] = round((ticks_now[0] - ticks_before[0]) / CLK_TCK / elapsed, 3)
+        line["softirq"] = round((ticks_now[1] - ticks_before[1]) / CLK_TCK / elapsed, 3)
         print(json.dumps(line), flush=True)
-        before, busy_before, at_before = now, busy_now, at
+        before, ticks_before, at_before = now, ticks_now, at
 
 
 def summary(args):

@@ -13,6 +13,9 @@ What it does:
    somaxconn and tcp_max_syn_backlog 65535 (bursts of connects), netdev_max_backlog
    (loopback packets queue there), fs.file-max, nf_conntrack_max when conntrack is loaded,
    tcp_mem (TCP buffer pages) and tcp_max_orphans (closed sockets awaiting their peer).
+   `--storm-model G,T` puts the two sides in cpu cgroups and caps them at G% and T% of a
+   core from the end of the ramp: with `--users 12000 --agents 1` a 5-minute model of one
+   agent and one target process in the storm after the question at 300,000.
 2. Starts `punisher target --processes T` on consecutive ports (T sized so that each
    process stays under ~18,000 sockets: one process may open 20,000 files here).
 3. Starts the generator: `punisher run scenarios/tv_show.js --users N --ramp-up R
@@ -105,6 +108,56 @@ def restore_sysctls(old):
     for key, value in old.items():
         try:
             (Path("/proc/sys") / key).write_text(value)
+        except OSError:
+            pass
+
+
+CPU_GROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CPU_GROUP_V2 = Path("/sys/fs/cgroup")
+
+
+def make_cpu_groups(enabled):
+    """{"target": procs file, "generator": procs file}: one CPU cgroup per side, for --storm-model.
+
+    cgroup v1 (`cpu.cfs_quota_us`) or v2 (`cpu.max`). Without the caps the groups change
+    nothing: tv_scale starts each side in a session of its own, and the kernel's autogroups
+    (`kernel.sched_autogroup_enabled`, on here) already share the CPU between the two
+    sessions, not between their ~50 processes. Exits with a message when it cannot.
+    """
+    if not enabled:
+        return {}
+    v2_controllers = CPU_GROUP_V2 / "cgroup.subtree_control"
+    if (CPU_GROUP_V1 / "cpu.cfs_quota_us").exists():
+        root = CPU_GROUP_V1
+    elif v2_controllers.exists() and "cpu" in v2_controllers.read_text().split():
+        root = CPU_GROUP_V2
+    else:
+        sys.exit("--storm-model: no cpu cgroup controller at /sys/fs/cgroup")
+    groups = {}
+    try:
+        for side in ("target", "generator"):
+            d = root / f"punisher-tv-{side}"
+            d.mkdir(exist_ok=True)
+            groups[side] = d / "cgroup.procs"
+    except OSError as e:
+        sys.exit(f"--storm-model: cannot create a cpu cgroup ({e}); run as root")
+    return groups
+
+
+def limit_cpu_group(procs, percent):
+    """Caps a group made by make_cpu_groups at `percent` of one core (None: no cap)."""
+    d = procs.parent
+    if (d / "cpu.cfs_quota_us").exists():
+        period = int((d / "cpu.cfs_period_us").read_text())
+        (d / "cpu.cfs_quota_us").write_text("-1" if percent is None else str(int(period * percent / 100)))
+    else:
+        (d / "cpu.max").write_text("max 100000" if percent is None else f"{int(1000 * percent)} 100000")
+
+
+def remove_cpu_groups(groups):
+    for procs in groups.values():
+        try:
+            procs.parent.rmdir()  # fails while a process is left in it: then it stays
         except OSError:
             pass
 
@@ -274,11 +327,14 @@ class Sampler(threading.Thread):
         return sum(c for s, c in self.cpu.values() if s == side)
 
 
-def start(cmd, log, env=None, nice=0):
+def start(cmd, log, env=None, nice=0, cpu_group=None):
     def setup():
         os.setsid()
         if nice:
             os.nice(nice)
+        if cpu_group:
+            # Before exec, so that every child process (agents, target processes) inherits it.
+            cpu_group.write_text(str(os.getpid()))
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=setup)
 
 
@@ -371,6 +427,22 @@ def peak_rate(journal, metric, name, window=5):
     return best
 
 
+def disconnects_by_reason(journal):
+    """{"reason/transport": count} of `socketio_disconnects` in a timeseries.jsonl journal:
+    how the viewers' sockets ended, seen from the generator (the target counts its own)."""
+    out = {}
+    for line in journal.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("scope") == "series" and rec.get("metric") == "socketio_disconnects":
+            tags = rec.get("tags", {})
+            key = f"{tags.get('reason')}/{tags.get('transport')}"
+            out[key] = out.get(key, 0) + int(rec.get("values", {}).get("count", 0))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=int, default=50_000)
@@ -401,6 +473,11 @@ def main():
                          "the target stands for a backend on other machines and should not be starved by it "
                          "(default 0; at 300,000 viewers nice 5 made the agents answer pings too late and "
                          "the target dropped them: benches/RESULTS.md)")
+    ap.add_argument("--storm-model", metavar="GEN%,TARGET%",
+                    help="cap the generator and the target at these percents of one core ('-': no cap) from the end "
+                         "of the ramp on, in cpu cgroups (root), e.g. 4,2 with --users 12000 --agents 1: about what "
+                         "one of the 25 agents and one of the 22 target processes got in the storm at 300,000 on "
+                         "this host; a 5-minute model of that storm (benches/RESULTS.md, \"The storm in a model\")")
     ap.add_argument("--generator", choices=["auto", "local", "cluster"], default="auto")
     ap.add_argument("--agents", type=int,
                     help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS} with HTTP votes, x 1.5 with "
@@ -414,6 +491,15 @@ def main():
                     help="interrupt the run when MemAvailable falls below this (default 1.0)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, results)")
     args = ap.parse_args()
+    storm_caps = None
+    if args.storm_model:
+        try:
+            caps = [None if p.strip() == "-" else float(p) for p in args.storm_model.split(",")]
+        except ValueError:
+            caps = []
+        if len(caps) != 2 or any(c is not None and not 0 < c <= 100 * (os.cpu_count() or 1) for c in caps):
+            ap.error(f"--storm-model {args.storm_model!r}: want two percents of a core, e.g. 4,2 or 4,-")
+        storm_caps = dict(zip(("generator", "target"), caps))
 
     punisher = Path(args.punisher)
     if not punisher.exists():
@@ -430,6 +516,8 @@ def main():
     print(f"work dir {work}; {users} users, ramp {args.ramp}, {tprocs} target processes, "
           f"generator {mode} with {agents} agents", file=sys.stderr)
 
+    cpu_groups = make_cpu_groups(bool(storm_caps))
+    gen_group = cpu_groups.get("generator")
     old_sysctls = apply_sysctls(not args.no_sysctl)
     target = controller = runner = None
     agent_procs = []
@@ -452,7 +540,7 @@ def main():
         if args.ping_timeout is not None:
             target_cmd += ["--ping-timeout", args.ping_timeout]
         report["target_command"] = " ".join(target_cmd)
-        target = start(target_cmd, open(work / "target.log", "w"))
+        target = start(target_cmd, open(work / "target.log", "w"), cpu_group=cpu_groups.get("target"))
         for i in range(tprocs):
             wait_port(base + i, timeout=60)
         stats_url = f"{urls[0]}/admin/stats"
@@ -474,14 +562,14 @@ def main():
             port = free_port()
             controller = start([str(punisher), "controller", "--insecure-loopback", "--listen", f"127.0.0.1:{port}",
                                 "--token", token, "--results-dir", str(results)], open(work / "controller.log", "w"),
-                               nice=args.generator_nice)
+                               nice=args.generator_nice, cpu_group=gen_group)
             wait_port(port, timeout=30)
             sampler.add_gen_root(controller.pid)
             for i in range(agents):
                 a = start([str(punisher), "agent", "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
                            "--token", token, "--workers", "1",
                            "--source-ips", f"127.0.{i + 1}.1-127.0.{i + 1}.254"],
-                          open(work / f"agent{i}.log", "w"), nice=args.generator_nice)
+                          open(work / f"agent{i}.log", "w"), nice=args.generator_nice, cpu_group=gen_group)
                 agent_procs.append(a)
                 sampler.add_gen_root(a.pid)
             cmd = [str(punisher), "run", args.scenario, "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
@@ -491,8 +579,10 @@ def main():
             cmd = [str(punisher), "run", args.scenario, "--agents", str(agents), "--no-tui", *common]
         report["command"] = " ".join(cmd)
         report["generator_nice"] = args.generator_nice
+        if storm_caps:
+            report["storm_model_percent_of_a_core"] = storm_caps
         t0 = time.time()
-        runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice)
+        runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice, cpu_group=gen_group)
         sampler.add_gen_root(runner.pid)
 
         def interrupt_run(pid=runner.pid):
@@ -509,6 +599,13 @@ def main():
                 runner.returncode = os.waitstatus_to_exitcode(status)
                 report["run_cpu_s"] = usage.ru_utime + usage.ru_stime
                 break
+            if storm_caps and time.time() - t0 > ramp - 2:
+                # Just before the last viewer connects: the question follows at once.
+                for side, percent in storm_caps.items():
+                    limit_cpu_group(cpu_groups[side], percent)
+                print(f"storm model: generator {storm_caps['generator']}%, target {storm_caps['target']}% "
+                      f"of a core (None: no cap) from {time.time() - t0:.0f} s", file=sys.stderr)
+                storm_caps = None
             if sampler.low_memory and time.time() - sampler.low_memory["t"] > 20:
                 # SIGINT was not enough: the whole generator goes.
                 try:
@@ -592,6 +689,7 @@ def main():
             report["peak_votes_per_s"] = round(peak_rate(journals[0], *votes))
             report["peak_votes_per_s_1s_tick"] = round(peak_rate(journals[0], *votes, 1))
             report["peak_logins_per_s"] = round(peak_rate(journals[0], "http_reqs", "login"))
+            report["run_disconnects"] = disconnects_by_reason(journals[0])
         if t_start and sampler.all_connected_at:
             report["all_connected_after_s"] = round(sampler.all_connected_at - t_start, 1)
         if t_start and sampler.broadcast_at:
@@ -606,6 +704,9 @@ def main():
                 stop(p, signal.SIGKILL, 5)
         report["target_cpu_s"] = round(stop(target, signal.SIGINT, 30), 1) if target else None
         restore_sysctls(old_sysctls)
+        for procs in cpu_groups.values():
+            limit_cpu_group(procs, None)
+        remove_cpu_groups(cpu_groups)
     text = json.dumps(report, indent=1)
     if args.json:
         Path(args.json).write_text(text)
