@@ -393,16 +393,21 @@ def series_count(summary, metric, name):
     return int(s["values"]["count"]) if s else None
 
 
+def journal_records(journal):
+    """The JSON records of a run's journal, skipping a line cut short (a killed run)."""
+    for line in journal.read_text().splitlines():
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            continue
+
+
 def peak_rate(journal, metric, name, window=5):
     """The highest per-second count of `metric{name}` (`name` None: the series without a
     name tag) in the run's journal: timeseries.jsonl (one line per tick and series) or the
     older metrics.jsonl (one line per tick)."""
     per_tick = {}
-    for line in journal.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in journal_records(journal):
         if "scope" in rec:
             if rec["scope"] == "series" and rec.get("metric") == metric and rec.get("tags", {}).get("name") == name:
                 key = (rec["ts"], rec["end"])
@@ -431,11 +436,7 @@ def disconnects_by_reason(journal):
     """{"reason/transport": count} of `socketio_disconnects` in a timeseries.jsonl journal:
     how the viewers' sockets ended, seen from the generator (the target counts its own)."""
     out = {}
-    for line in journal.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for rec in journal_records(journal):
         if rec.get("scope") == "series" and rec.get("metric") == "socketio_disconnects":
             tags = rec.get("tags", {})
             key = f"{tags.get('reason')}/{tags.get('transport')}"
