@@ -582,6 +582,7 @@ def main():
         report["generator_nice"] = args.generator_nice
         if storm_caps:
             report["storm_model_percent_of_a_core"] = storm_caps
+        caps_to_apply = storm_caps
         t0 = time.time()
         runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice, cpu_group=gen_group)
         sampler.add_gen_root(runner.pid)
@@ -600,13 +601,13 @@ def main():
                 runner.returncode = os.waitstatus_to_exitcode(status)
                 report["run_cpu_s"] = usage.ru_utime + usage.ru_stime
                 break
-            if storm_caps and time.time() - t0 > ramp - 2:
+            if caps_to_apply and time.time() - t0 > ramp - 2:
                 # Just before the last viewer connects: the question follows at once.
-                for side, percent in storm_caps.items():
+                for side, percent in caps_to_apply.items():
                     limit_cpu_group(cpu_groups[side], percent)
-                print(f"storm model: generator {storm_caps['generator']}%, target {storm_caps['target']}% "
+                print(f"storm model: generator {caps_to_apply['generator']}%, target {caps_to_apply['target']}% "
                       f"of a core (None: no cap) from {time.time() - t0:.0f} s", file=sys.stderr)
-                storm_caps = None
+                caps_to_apply = None
             if sampler.low_memory and time.time() - sampler.low_memory["t"] > 20:
                 # SIGINT was not enough: the whole generator goes.
                 try:
