@@ -9,12 +9,17 @@ the CPU (user + system, all threads) used in each interval per role: the first a
 its command line (`run`, `agent`, `target`, `controller`). `ROLE_wait` is the time the
 role's threads were runnable but waited for a CPU (run_delay of /proc/PID/task/*/schedstat),
 also in cores: a role that waits more than it runs is starved, one that neither runs nor
-waits is idle or blocked. `busy` is the whole machine's non-idle CPU from /proc/stat, in
-cores, and `softirq` the part of it spent in softirqs (the loopback's TCP path runs there
-and is charged to no process). One line per interval:
+waits is idle or blocked. `ROLE_RN` is how many of its threads were runnable on CPU N at the
+instant of the sample (running or queued there), to see whether a role is spread over the
+CPUs or piled onto one; a snapshot per second, so only its means over many samples say
+anything. `busy` is the whole machine's non-idle CPU from /proc/stat, in cores, and
+`softirq` the part of it spent in softirqs (the loopback's TCP path runs there). A kernel
+without CONFIG_IRQ_TIME_ACCOUNTING (as here) also charges a softirq to the process it
+interrupted, so the roles' CPU includes their share of it.
+One line per interval:
 
-    {"t": 12.0, "agent": 0.31, "agent_wait": 0.05, "target": 0.17, "target_wait": 0.02,
-     "run": 0.03, "run_wait": 0.0, "busy": 0.53, "softirq": 0.06}
+    {"t": 12.0, "agent": 0.31, "agent_wait": 0.05, "agent_R0": 1, "target": 0.17,
+     "target_wait": 0.02, "target_R1": 1, "run": 0.03, "run_wait": 0.0, "busy": 0.53, "softirq": 0.06}
 
 It costs ~1% of a core for ~50 processes. tv_scale.py samples the target's /admin/stats as
 well, and in a saturated storm those samples can be 15-100 s apart. This one only reads /proc,
@@ -50,24 +55,34 @@ def cpu_by_pid(binary):
         sample = rss_and_cpu(pid)
         if sample is not None:
             role = argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else "?"
-            found[pid] = (role, sample[1], run_delay_s(pid))
+            found[pid] = (role, sample[1], *thread_states(pid))
     return found
 
 
-def run_delay_s(pid):
-    """Seconds the threads of `pid` have waited on a run queue (schedstat's second field)."""
-    total = 0
+def thread_states(pid):
+    """(seconds the threads of `pid` have waited on a run queue, {cpu: threads runnable there now}).
+
+    The wait is schedstat's second field summed over threads; the runnable threads (state R in
+    /proc/PID/task/TID/stat) are counted by the CPU whose run queue holds them (field 39), to
+    see whether the scheduler spreads a role over both CPUs or piles it onto one.
+    """
+    waited, runnable = 0, {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0.0
+        return 0.0, runnable
     for tid in tasks:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
+                waited += int(f.read().split()[1])
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
-    return total / 1e9
+        if fields[0] == "R":
+            cpu = int(fields[36])
+            runnable[cpu] = runnable.get(cpu, 0) + 1
+    return waited / 1e9, runnable
 
 
 def machine_ticks():
@@ -88,12 +103,14 @@ def record(args):
         now, ticks_now, at = cpu_by_pid(args.binary), machine_ticks(), time.monotonic()
         elapsed = at - at_before
         line = {"t": round(at - start, 1)}
-        for pid, (role, cpu, waited) in now.items():
+        for pid, (role, cpu, waited, runnable) in now.items():
             # A process that started within the interval counts from zero.
-            _, cpu_before, waited_before = before.get(pid, (role, 0.0, 0.0))
+            _, cpu_before, waited_before, _ = before.get(pid, (role, 0.0, 0.0, {}))
             line[role] = line.get(role, 0) + (cpu - cpu_before) / elapsed
             # A thread that ended takes its run_delay along: never count that as negative.
             line[f"{role}_wait"] = line.get(f"{role}_wait", 0) + max(0.0, waited - waited_before) / elapsed
+            for n, count in runnable.items():
+                line[f"{role}_R{n}"] = line.get(f"{role}_R{n}", 0) + count
         for role in line:
             if role != "t":
                 line[role] = round(line[role], 3)

@@ -16,6 +16,9 @@ What it does:
    `--storm-model G,T` puts the two sides in cpu cgroups and caps them at G% and T% of a
    core from the end of the ramp: with `--users 12000 --agents 1` a 5-minute model of one
    agent and one target process in the storm after the question at 300,000.
+   `--target-weight W` puts them in cpu cgroups with the target weighted W times the
+   generator: on one machine the target stands for a backend on machines of its own.
+   `--pin-cpus 1:0` runs the target on CPU 1 and the generator on CPU 0, a core each.
 2. Starts `punisher target --processes T` on consecutive ports (T sized so that each
    process stays under ~18,000 sockets: one process may open 20,000 files here).
 3. Starts the generator: `punisher run scenarios/tv_show.js --users N --ramp-up R
@@ -117,7 +120,8 @@ CPU_GROUP_V2 = Path("/sys/fs/cgroup")
 
 
 def make_cpu_groups(enabled):
-    """{"target": procs file, "generator": procs file}: one CPU cgroup per side, for --storm-model.
+    """{"target": procs file, "generator": procs file}: one CPU cgroup per side, for --storm-model
+    and --target-weight.
 
     cgroup v1 (`cpu.cfs_quota_us`) or v2 (`cpu.max`). Without the caps the groups change
     nothing: tv_scale starts each side in a session of its own, and the kernel's autogroups
@@ -132,7 +136,7 @@ def make_cpu_groups(enabled):
     elif v2_controllers.exists() and "cpu" in v2_controllers.read_text().split():
         root = CPU_GROUP_V2
     else:
-        sys.exit("--storm-model: no cpu cgroup controller at /sys/fs/cgroup")
+        sys.exit("--storm-model/--target-weight: no cpu cgroup controller at /sys/fs/cgroup")
     groups = {}
     try:
         for side in ("target", "generator"):
@@ -140,7 +144,7 @@ def make_cpu_groups(enabled):
             d.mkdir(exist_ok=True)
             groups[side] = d / "cgroup.procs"
     except OSError as e:
-        sys.exit(f"--storm-model: cannot create a cpu cgroup ({e}); run as root")
+        sys.exit(f"--storm-model/--target-weight: cannot create a cpu cgroup ({e}); run as root")
     return groups
 
 
@@ -152,6 +156,15 @@ def limit_cpu_group(procs, percent):
         (d / "cpu.cfs_quota_us").write_text("-1" if percent is None else str(int(period * percent / 100)))
     else:
         (d / "cpu.max").write_text("max 100000" if percent is None else f"{int(1000 * percent)} 100000")
+
+
+def weigh_cpu_group(procs, weight):
+    """Sets the CPU weight of a group made by make_cpu_groups, relative to 1 (the default)."""
+    d = procs.parent
+    if (d / "cpu.shares").exists():
+        (d / "cpu.shares").write_text(str(max(2, round(1024 * weight))))
+    else:
+        (d / "cpu.weight").write_text(str(min(10000, max(1, round(100 * weight)))))
 
 
 def remove_cpu_groups(groups):
@@ -327,11 +340,22 @@ class Sampler(threading.Thread):
         return sum(c for s, c in self.cpu.values() if s == side)
 
 
-def start(cmd, log, env=None, nice=0, cpu_group=None):
+def parse_cpu_list(text):
+    """{0, 2, 3} from "0,2-3" (the kernel's cpulist format); ValueError when malformed."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def start(cmd, log, env=None, nice=0, cpu_group=None, cpus=None):
     def setup():
         os.setsid()
         if nice:
             os.nice(nice)
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # inherited by every child process and thread
         if cpu_group:
             # Before exec, so that every child process (agents, target processes) inherits it.
             cpu_group.write_text(str(os.getpid()))
@@ -479,6 +503,16 @@ def main():
                          "of the ramp on, in cpu cgroups (root), e.g. 4,2 with --users 12000 --agents 1: about what "
                          "one of the 25 agents and one of the 22 target processes got in the storm at 300,000 on "
                          "this host; a 5-minute model of that storm (benches/RESULTS.md, \"The storm in a model\")")
+    ap.add_argument("--target-weight", type=float,
+                    help="put the two sides in cpu cgroups (root) and give the target this many times the "
+                         "generator's CPU weight when both want a CPU, e.g. 2. On one machine the target stands for "
+                         "a backend on machines of its own, and a starved target is late with its pings; the "
+                         "generator's own lag still shows in its latencies. Default: equal shares (autogroups)")
+    ap.add_argument("--pin-cpus", metavar="TARGET:GENERATOR",
+                    help="run the target only on these CPUs and the generator only on those, e.g. 1:0 (lists "
+                         "like 0,1 or 2-3): one core each on a 2-core host, as if each side had a machine of its "
+                         "own, with the kernel's loopback work charged to the side that sends. Default: both "
+                         "sides on every CPU")
     ap.add_argument("--generator", choices=["auto", "local", "cluster"], default="auto")
     ap.add_argument("--agents", type=int,
                     help=f"generator processes (default: users x 2.5 / {FDS_PER_PROCESS} with HTTP votes, x 1.5 with "
@@ -501,6 +535,20 @@ def main():
         if len(caps) != 2 or any(c is not None and not 0 < c <= 100 * (os.cpu_count() or 1) for c in caps):
             ap.error(f"--storm-model {args.storm_model!r}: want two percents of a core, e.g. 4,2 or 4,-")
         storm_caps = dict(zip(("generator", "target"), caps))
+    pinned = {}
+    if args.pin_cpus:
+        parts = args.pin_cpus.split(":")
+        try:
+            if len(parts) == 2:
+                pinned = dict(zip(("target", "generator"), map(parse_cpu_list, parts)))
+        except ValueError:
+            pinned = {}
+        online = os.sched_getaffinity(0)
+        if len(pinned) != 2 or not all(cpus and cpus <= online for cpus in pinned.values()):
+            ap.error(f"--pin-cpus {args.pin_cpus!r}: want TARGET:GENERATOR lists of this machine's CPUs "
+                     f"({sorted(online)}), e.g. 1:0")
+    if args.target_weight is not None and not 0.01 <= args.target_weight <= 100:
+        ap.error(f"--target-weight {args.target_weight}: want a ratio between 0.01 and 100, e.g. 2")
 
     punisher = Path(args.punisher)
     if not punisher.exists():
@@ -517,7 +565,9 @@ def main():
     print(f"work dir {work}; {users} users, ramp {args.ramp}, {tprocs} target processes, "
           f"generator {mode} with {agents} agents", file=sys.stderr)
 
-    cpu_groups = make_cpu_groups(bool(storm_caps))
+    cpu_groups = make_cpu_groups(bool(storm_caps) or args.target_weight is not None)
+    if args.target_weight is not None:
+        weigh_cpu_group(cpu_groups["target"], args.target_weight)
     gen_group = cpu_groups.get("generator")
     old_sysctls = apply_sysctls(not args.no_sysctl)
     target = controller = runner = None
@@ -541,7 +591,8 @@ def main():
         if args.ping_timeout is not None:
             target_cmd += ["--ping-timeout", args.ping_timeout]
         report["target_command"] = " ".join(target_cmd)
-        target = start(target_cmd, open(work / "target.log", "w"), cpu_group=cpu_groups.get("target"))
+        target = start(target_cmd, open(work / "target.log", "w"), cpu_group=cpu_groups.get("target"),
+                       cpus=pinned.get("target"))
         for i in range(tprocs):
             wait_port(base + i, timeout=60)
         stats_url = f"{urls[0]}/admin/stats"
@@ -563,14 +614,15 @@ def main():
             port = free_port()
             controller = start([str(punisher), "controller", "--insecure-loopback", "--listen", f"127.0.0.1:{port}",
                                 "--token", token, "--results-dir", str(results)], open(work / "controller.log", "w"),
-                               nice=args.generator_nice, cpu_group=gen_group)
+                               nice=args.generator_nice, cpu_group=gen_group, cpus=pinned.get("generator"))
             wait_port(port, timeout=30)
             sampler.add_gen_root(controller.pid)
             for i in range(agents):
                 a = start([str(punisher), "agent", "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
                            "--token", token, "--workers", "1",
                            "--source-ips", f"127.0.{i + 1}.1-127.0.{i + 1}.254"],
-                          open(work / f"agent{i}.log", "w"), nice=args.generator_nice, cpu_group=gen_group)
+                          open(work / f"agent{i}.log", "w"), nice=args.generator_nice, cpu_group=gen_group,
+                          cpus=pinned.get("generator"))
                 agent_procs.append(a)
                 sampler.add_gen_root(a.pid)
             cmd = [str(punisher), "run", args.scenario, "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
@@ -582,9 +634,14 @@ def main():
         report["generator_nice"] = args.generator_nice
         if storm_caps:
             report["storm_model_percent_of_a_core"] = storm_caps
+        if args.target_weight is not None:
+            report["target_cpu_weight"] = args.target_weight
+        if pinned:
+            report["pinned_cpus"] = {side: sorted(cpus) for side, cpus in pinned.items()}
         caps_to_apply = storm_caps
         t0 = time.time()
-        runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice, cpu_group=gen_group)
+        runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice, cpu_group=gen_group,
+                       cpus=pinned.get("generator"))
         sampler.add_gen_root(runner.pid)
 
         def interrupt_run(pid=runner.pid):
@@ -708,6 +765,7 @@ def main():
         restore_sysctls(old_sysctls)
         for procs in cpu_groups.values():
             limit_cpu_group(procs, None)
+            weigh_cpu_group(procs, 1)
         remove_cpu_groups(cpu_groups)
     text = json.dumps(report, indent=1)
     if args.json:
