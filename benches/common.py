@@ -42,15 +42,24 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def rss_and_cpu(pid):
-    """(RSS bytes, user+sys CPU seconds of all its threads) of one process, or None when it
-    is gone."""
+def stat_fields(path):
+    """The fields of a /proc/PID/stat (or /proc/PID/task/TID/stat) file from field 3, the
+    state, on; None when the process or thread is gone. The command name before them is cut
+    at its last ')', since it may hold spaces and parentheses itself."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             st = f.read()
     except OSError:
         return None
-    fields = st[st.rfind(")") + 2:].split()
+    return st[st.rfind(")") + 2:].split()
+
+
+def rss_and_cpu(pid):
+    """(RSS bytes, user+sys CPU seconds of all its threads) of one process, or None when it
+    is gone."""
+    fields = stat_fields(f"/proc/{pid}/stat")
+    if fields is None:
+        return None
     # fields[0] is field 3 (state): utime is field 14, stime 15, rss 24.
     utime, stime, rss = int(fields[11]), int(fields[12]), int(fields[21])
     return rss * PAGE, (utime + stime) / CLK_TCK

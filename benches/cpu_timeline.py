@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CLK_TCK, rss_and_cpu  # noqa: E402
+from common import CLK_TCK, rss_and_cpu, stat_fields  # noqa: E402
 
 
 def cpu_by_pid(binary):
@@ -75,11 +75,10 @@ def thread_states(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                 waited += int(f.read().split()[1])
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile
-        if fields[0] == "R":
+        fields = stat_fields(f"/proc/{pid}/task/{tid}/stat")
+        if fields and fields[0] == "R":
             cpu = int(fields[36])
             runnable[cpu] = runnable.get(cpu, 0) + 1
     return waited / 1e9, runnable

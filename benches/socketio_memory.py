@@ -54,12 +54,10 @@ def tree_rss_kb(root):
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+        fields = common.stat_fields(f"/proc/{d}/stat")
+        if not fields:  # gone meanwhile
             continue
-        children.setdefault(ppid, []).append(int(d))
+        children.setdefault(int(fields[1]), []).append(int(d))
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()

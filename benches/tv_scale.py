@@ -52,7 +52,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PUNISHER, ROOT, free_port, rss_and_cpu, wait_port  # noqa: E402
+from common import PUNISHER, ROOT, free_port, rss_and_cpu, stat_fields, wait_port  # noqa: E402
 
 # One process may hold 20,000 open files here; keep a margin for listeners, pipes, logs.
 FDS_PER_PROCESS = 18_000
@@ -183,13 +183,10 @@ def proc_children():
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:
+        fields = stat_fields(f"/proc/{d}/stat")
+        if not fields:  # gone meanwhile
             continue
-        ppid = int(st[st.rfind(")") + 2:].split()[1])
-        kids.setdefault(ppid, []).append(int(d))
+        kids.setdefault(int(fields[1]), []).append(int(d))
     return kids
 
 
