@@ -123,7 +123,7 @@ def make_cpu_groups(enabled):
     """{"target": procs file, "generator": procs file}: one CPU cgroup per side, for --storm-model
     and --target-weight.
 
-    cgroup v1 (`cpu.cfs_quota_us`) or v2 (`cpu.max`). Without the caps the groups change
+    cgroup v1 (`cpu.cfs_quota_us`) or v2 (`cpu.max`). Without caps or weights the groups change
     nothing: tv_scale starts each side in a session of its own, and the kernel's autogroups
     (`kernel.sched_autogroup_enabled`, on here) already share the CPU between the two
     sessions, not between their ~50 processes. Exits with a message when it cannot.
@@ -565,7 +565,9 @@ def main():
     cpu_groups = make_cpu_groups(bool(storm_caps) or args.target_weight is not None)
     if args.target_weight is not None:
         weigh_cpu_group(cpu_groups["target"], args.target_weight)
-    gen_group = cpu_groups.get("generator")
+    # Where every generator process (run, controller, agents) runs, and at which priority.
+    gen_placement = {"nice": args.generator_nice, "cpu_group": cpu_groups.get("generator"),
+                     "cpus": pinned.get("generator")}
     old_sysctls = apply_sysctls(not args.no_sysctl)
     target = controller = runner = None
     agent_procs = []
@@ -611,15 +613,14 @@ def main():
             port = free_port()
             controller = start([str(punisher), "controller", "--insecure-loopback", "--listen", f"127.0.0.1:{port}",
                                 "--token", token, "--results-dir", str(results)], open(work / "controller.log", "w"),
-                               nice=args.generator_nice, cpu_group=gen_group, cpus=pinned.get("generator"))
+                               **gen_placement)
             wait_port(port, timeout=30)
             sampler.add_gen_root(controller.pid)
             for i in range(agents):
                 a = start([str(punisher), "agent", "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
                            "--token", token, "--workers", "1",
                            "--source-ips", f"127.0.{i + 1}.1-127.0.{i + 1}.254"],
-                          open(work / f"agent{i}.log", "w"), nice=args.generator_nice, cpu_group=gen_group,
-                          cpus=pinned.get("generator"))
+                          open(work / f"agent{i}.log", "w"), **gen_placement)
                 agent_procs.append(a)
                 sampler.add_gen_root(a.pid)
             cmd = [str(punisher), "run", args.scenario, "--controller", f"127.0.0.1:{port}", "--insecure-loopback",
@@ -637,8 +638,7 @@ def main():
             report["pinned_cpus"] = {side: sorted(cpus) for side, cpus in pinned.items()}
         caps_to_apply = storm_caps
         t0 = time.time()
-        runner = start(cmd, open(work / "run.log", "w"), nice=args.generator_nice, cpu_group=gen_group,
-                       cpus=pinned.get("generator"))
+        runner = start(cmd, open(work / "run.log", "w"), **gen_placement)
         sampler.add_gen_root(runner.pid)
 
         def interrupt_run(pid=runner.pid):
